@@ -1,0 +1,18 @@
+#!/bin/bash
+# deps.sh: install every Debian package that rbd's build, tests, demo and
+# benchmarks need. Idempotent and quiet when everything is already there.
+set -euo pipefail
+PKGS="gcc gcc-12 libc6-dev make pkg-config git ca-certificates xz-utils
+libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest
+qemu-system-x86 busybox-static kmod cpio gzip iproute2 e2fsprogs util-linux
+fio nbd-client nvme-cli systemd procps"
+missing=
+for p in $PKGS; do
+  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+timeout 600 apt-get update -q >/dev/null
+timeout 1200 apt-get install -y -q --no-install-recommends $missing >/dev/null
+echo "deps: done"

@@ -1,0 +1,31 @@
+#!/bin/bash
+# e2e.sh: the guest suite (make e2e). Boots one guest, sets it up (guest-setup.sh),
+# then runs the guest test packages with `go test -exec go-exec.sh` twice: once over
+# soft-RoCE (rxe0, 10.77.0.1) and once over soft-iWARP (siw0, 10.79.0.1).
+# Test binaries are built on the host and run in the guest unchanged.
+#   test/vm/e2e.sh [go test flags...]     e.g. -run TestName -v
+# Env: E2E_PKGS (packages), E2E_TRANSPORTS ("rxe siw"), E2E_TIMEOUT (go test -timeout, 15m)
+set -u
+cd "$(dirname "$0")/../.."
+VM=test/vm/vm.sh
+PKGS=${E2E_PKGS:-./test/e2e/...}
+T0=$(date +%s)
+dir=$($VM start) || { [ -n "$dir" ] && $VM stop "$dir"; exit 125; }
+trap '$VM stop "$dir" >/dev/null 2>&1' INT TERM
+rc=0
+$VM exec "$dir" "$PWD/test/vm/guest-setup.sh" || rc=$?
+if [ $rc = 0 ]; then
+  for t in ${E2E_TRANSPORTS:-rxe siw}; do
+    case $t in
+      rxe) desc="soft-RoCE: rxe0 on dummy0, 10.77.0.1"; addr=10.77.0.1; dev=rxe0 ;;
+      siw) desc="soft-iWARP: siw0 on dummy1, 10.79.0.1"; addr=10.79.0.1; dev=siw0 ;;
+      *) echo "e2e: unknown transport $t" >&2; rc=2; continue ;;
+    esac
+    echo "== e2e over $t ($desc)"
+    RBD_VM_DIR=$dir RBD_TEST_TRANSPORT=$t RBD_TEST_ADDR=$addr RBD_TEST_RDMA_DEV=$dev RBD_TEST_BIN=$PWD/bin \
+      go test -count=1 -p 1 -timeout "${E2E_TIMEOUT:-15m}" -exec "$PWD/test/vm/go-exec.sh" "$@" $PKGS || rc=1
+  done
+fi
+$VM stop "$dir" || rc=${rc/#0/1}
+echo "e2e: $([ $rc = 0 ] && echo PASS || echo FAIL) on ${E2E_TRANSPORTS:-rxe siw} in $(( $(date +%s) - T0 ))s"
+exit $rc
