@@ -10,7 +10,8 @@ export CGO_ENABLED := 1
 all: build
 
 build: ## build rbdt, rbdi and rbdctl into bin/
-	$(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINS))
+	@mkdir -p bin
+	$(if $(wildcard cmd/*),$(GO) build -trimpath -o bin/ $(addprefix ./,$(wildcard cmd/*)))
 
 deps: ## install the Debian packages build, tests, demo and benchmarks need (idempotent)
 	@scripts/deps.sh

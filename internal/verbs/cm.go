@@ -204,18 +204,30 @@ func (ev rawCMEvent) public() CMEvent {
 		ResponderResources: ev.ResponderResources, InitiatorDepth: ev.InitiatorDepth}
 }
 
-// WaitDisconnect returns when the peer disconnects (or the connection fails).
+// WaitDisconnect returns when the peer disconnects or the connection fails.
+// It then disconnects this side too, so that the QP's outstanding work is
+// flushed (InfiniBand and RoCE leave the QP usable until the local side
+// disconnects).
 func (id *CMID) WaitDisconnect(ctx context.Context) error {
 	for {
 		ev, err := id.NextEvent(ctx)
 		if err != nil {
 			return err
 		}
-		switch ev.Type {
-		case EventDisconnected, EventDeviceRemoval, EventConnectError, EventUnreachable, EventRejected:
+		if ev.Type.Terminal() {
+			id.Disconnect()
 			return nil
 		}
 	}
+}
+
+// Terminal reports whether the event ends an established connection.
+func (t CMEventType) Terminal() bool {
+	switch t {
+	case EventDisconnected, EventDeviceRemoval, EventConnectError, EventUnreachable, EventRejected:
+		return true
+	}
+	return false
 }
 
 // Disconnect starts an orderly disconnect: outstanding work requests are
@@ -319,32 +331,36 @@ func (e *ResolveError) Error() string {
 func (e *ResolveError) Unwrap() error { return e.Err }
 
 // Connect connects the identifier (with its QP created) and waits until the
-// connection is established. A refusal by the peer is a *RejectedError.
-func (id *CMID) Connect(ctx context.Context, p ConnParam) error {
+// connection is established. It returns the private data of the peer's accept
+// (with its RDMA READ limits); a refusal by the peer is a *RejectedError.
+func (id *CMID) Connect(ctx context.Context, p ConnParam) (CMEvent, error) {
 	if !id.lt.acquire() {
-		return ErrClosed
+		return CMEvent{}, ErrClosed
 	}
 	err := cConnect(id.id, false, &p)
 	id.lt.release()
+	if errors.Is(err, syscall.ECONNREFUSED) { // iWARP connects TCP at once
+		return CMEvent{}, &RejectedError{Status: -int(syscall.ECONNREFUSED), Remote: id.RemoteAddr()}
+	}
 	if err != nil {
-		return err
+		return CMEvent{}, err
 	}
 	return id.waitEstablished(ctx)
 }
 
-func (id *CMID) waitEstablished(ctx context.Context) error {
+func (id *CMID) waitEstablished(ctx context.Context) (CMEvent, error) {
 	for {
 		ev, err := id.ec.next(ctx)
 		if err != nil {
-			return err
+			return CMEvent{}, err
 		}
 		switch ev.Type {
 		case EventEstablished:
-			return nil
+			return ev.public(), nil
 		case EventRejected:
-			return &RejectedError{Status: ev.Status, PrivateData: ev.PrivateData, Remote: id.RemoteAddr()}
+			return CMEvent{}, &RejectedError{Status: ev.Status, PrivateData: ev.PrivateData, Remote: id.RemoteAddr()}
 		case EventConnectError, EventUnreachable, EventDisconnected, EventDeviceRemoval:
-			return &ConnectError{Event: ev.Type, Remote: id.RemoteAddr(), Err: statusErr(ev.Status)}
+			return CMEvent{}, &ConnectError{Event: ev.Type, Remote: id.RemoteAddr(), Err: statusErr(ev.Status)}
 		}
 	}
 }
@@ -491,7 +507,8 @@ func (id *CMID) Accept(ctx context.Context, p ConnParam) error {
 	if err != nil {
 		return err
 	}
-	return id.waitEstablished(ctx)
+	_, err = id.waitEstablished(ctx)
+	return err
 }
 
 // Close stops listening; it is idempotent.

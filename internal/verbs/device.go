@@ -1,7 +1,9 @@
 package verbs
 
 import (
+	"bytes"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -328,8 +330,9 @@ func (c *Context) Info() (DeviceInfo, error) {
 				pi.NetDevs = append(pi.NetDevs, g.NetDev)
 			}
 		}
-		if len(pi.NetDevs) == 0 { // iWARP: no gid_attrs; the parent netdev is in sysfs
-			if nd := sysfsNetDev(di.Name); nd != "" {
+		if len(pi.NetDevs) == 0 && len(pi.GIDs) > 0 && di.Transport == TransportIWARP {
+			// iWARP: no gid_attrs; the GID is the netdev's MAC address
+			if nd := netDevByMAC(pi.GIDs[0].Raw[:6]); nd != "" {
 				pi.NetDevs = []string{nd}
 			}
 		}
@@ -338,14 +341,16 @@ func (c *Context) Info() (DeviceInfo, error) {
 	return di, nil
 }
 
-// sysfsNetDev finds the netdev under a software RDMA device (siw, rxe).
-func sysfsNetDev(dev string) string {
-	if s := readTrim("/sys/class/infiniband/" + dev + "/parent"); s != "" {
-		return s
+// netDevByMAC finds the interface with the given hardware address.
+func netDevByMAC(mac []byte) string {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return ""
 	}
-	ents, _ := os.ReadDir("/sys/class/infiniband/" + dev + "/device/net")
-	if len(ents) > 0 {
-		return ents[0].Name()
+	for _, ifi := range ifs {
+		if bytes.Equal(ifi.HardwareAddr, mac) {
+			return ifi.Name
+		}
 	}
 	return ""
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -14,8 +15,9 @@ import (
 // (completion channel, rdma_cm event channel) is readable. It watches a dup of
 // the fd, so closing it never closes the fd that the C object owns.
 type pollFD struct {
-	f  *os.File
-	rc syscall.RawConn
+	f      *os.File
+	rc     syscall.RawConn
+	closed atomic.Bool
 }
 
 func newPollFD(fd int, name string) (*pollFD, error) {
@@ -36,6 +38,9 @@ func newPollFD(fd int, name string) (*pollFD, error) {
 // try must return false only after the fd said EAGAIN. It returns ctx's error
 // when ctx ends first and ErrClosed when the pollFD is closed.
 func (p *pollFD) read(ctx context.Context, try func() bool) error {
+	if p.closed.Load() {
+		return ErrClosed
+	}
 	if d, ok := ctx.Deadline(); ok {
 		p.f.SetReadDeadline(d)
 	} else {
@@ -49,6 +54,8 @@ func (p *pollFD) read(ctx context.Context, try func() bool) error {
 	switch {
 	case err == nil:
 		return nil
+	case p.closed.Load():
+		return ErrClosed
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case errors.Is(err, os.ErrClosed):
@@ -59,4 +66,9 @@ func (p *pollFD) read(ctx context.Context, try func() bool) error {
 	return err
 }
 
-func (p *pollFD) close() error { return p.f.Close() }
+func (p *pollFD) close() error {
+	if p.closed.Swap(true) {
+		return nil
+	}
+	return p.f.Close()
+}

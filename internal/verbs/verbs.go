@@ -185,15 +185,20 @@ func (s WCStatus) String() string {
 	return fmt.Sprintf("status %d", uint32(s))
 }
 
-// WCError is a work completion with an error status, as an error.
+// WCError is a work completion with an error status, as an error. (The
+// opcode of a failed completion is undefined, so it is not reported.)
 type WCError struct {
+	ID        uint64
 	Status    WCStatus
-	Opcode    WCOpcode
 	VendorErr uint32
 }
 
 func (e *WCError) Error() string {
-	return fmt.Sprintf("verbs: %s completion: %s (vendor error %#x)", e.Opcode, e.Status, e.VendorErr)
+	s := fmt.Sprintf("verbs: work request %#x failed: %s", e.ID, e.Status)
+	if e.VendorErr != 0 {
+		s += fmt.Sprintf(" (vendor error %#x)", e.VendorErr)
+	}
+	return s
 }
 
 // Err returns nil for a successful completion and a *WCError otherwise.
@@ -201,7 +206,7 @@ func (wc *WC) Err() error {
 	if wc.Status == WCSuccess {
 		return nil
 	}
-	return &WCError{Status: wc.Status, Opcode: wc.Opcode, VendorErr: wc.VendorErr}
+	return &WCError{ID: wc.ID, Status: wc.Status, VendorErr: wc.VendorErr}
 }
 
 // WCOpcode is enum ibv_wc_opcode. A failed completion's opcode is not defined

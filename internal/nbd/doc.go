@@ -1,0 +1,39 @@
+// Package nbd is rbdi's side of the kernel NBD driver: it makes /dev/nbdN
+// devices whose I/O is served in Go.
+//
+// The pieces:
+//
+//   - The wire codec of the NBD transmission phase (Request, Reply,
+//     DecodeRequest, EncodeReply, ...): 28-byte big-endian request headers
+//     (a WRITE's payload follows), 16-byte simple replies (a successful READ's
+//     payload follows), errno-valued error numbers (ErrnoFor). The kernel
+//     speaks no handshake and no structured replies.
+//   - Conn, the server side of one connection: the daemon's end of an AF_UNIX
+//     socketpair whose other end belongs to the kernel (NewSocketPair). One
+//     goroutine reads requests (ReadRequest) and WRITE payloads straight into
+//     the caller's buffers (ReadPayload); any goroutine queues replies (Reply),
+//     which a writer goroutine sends in batches, one writev each. The socket
+//     sits on Go's netpoller: no thread blocks in a system call.
+//   - Client, which creates, reconfigures, inspects and disconnects devices
+//     through the "nbd" generic-netlink family and reports dead connections
+//     (WatchLinkDead). It needs the nbd module and CAP_SYS_ADMIN.
+//   - Sysfs, which tunes a device's queue (max_sectors_kb, scheduler) and
+//     waits for it to appear (WaitForDevice) or go away.
+//
+// A device is brought up like this: make one socketpair per hardware queue,
+// start a serving goroutine per Conn, call Client.Connect with the kernel's
+// ends, close those ends (the kernel holds its own references), then tune
+// the queue through Sysfs. Client.Disconnect makes the kernel send a DISC
+// request on every connection and shut the sockets down; ReadRequest then
+// returns the DISC request and io.EOF.
+//
+// Ownership: the data slice given to Conn.Reply is borrowed until the reply's
+// done callback has run, so it can point into an RDMA-registered region that
+// is reused afterwards; Conn.Close waits until every queued reply's callback
+// has run. ReadPayload writes into the caller's buffer and keeps no reference
+// to it.
+//
+// A process that serves a block device it also uses should call
+// prctl(PR_SET_IO_FLUSHER) and lock its memory, so that memory reclaim
+// cannot wait on its own I/O.
+package nbd
