@@ -27,14 +27,6 @@ type ConnOptions struct {
 	// caller's buffer. Larger buffers need fewer system calls for small
 	// requests and copy more of large payloads.
 	ReadBufferSize int
-
-	// InlineReplies lets Reply write a reply on the calling goroutine when no
-	// other reply is queued or being written, instead of handing it to the
-	// writer goroutine. That saves a goroutine hand-off per request at queue
-	// depth 1; under load, replies are still batched by the writer goroutine.
-	// With it, Reply may block while the socket's send buffer is full, and
-	// the done callback may run before Reply returns.
-	InlineReplies bool
 }
 
 // A Conn serves the transmission phase of one NBD connection: the daemon's
@@ -57,19 +49,15 @@ type Conn struct {
 	remain     uint32 // payload bytes of the current WRITE not consumed yet
 	rerr       error  // sticky read error
 
-	inline bool
-
-	// Write side. mu guards the fields below it. The goroutine that set
-	// writing (the writer goroutine, or a Reply with InlineReplies) owns
-	// spare, iov and bufs until it clears writing.
+	// Write side. mu guards the fields up to spare; iov and bufs belong to
+	// the writer goroutine.
 	mu      sync.Mutex
-	queue   []reply
-	writing bool
-	kicked  bool // a wake-up is pending on kick
+	queue   []reply // replies waiting for the writer
+	spare   []reply // the other queue buffer, swapped with queue per batch
+	writing bool    // the writer goroutine is draining the queue
+	kicked  bool    // a wake-up is pending on kick
 	closed  bool
 	werr    error // sticky write error
-	idle    sync.Cond
-	spare   []reply
 	iov     [][]byte
 	bufs    net.Buffers
 
@@ -105,12 +93,10 @@ func NewConn(nc net.Conn, opts *ConnOptions) *Conn {
 	c := &Conn{
 		nc:         nc,
 		rbuf:       make([]byte, o.ReadBufferSize),
-		inline:     o.InlineReplies,
 		kick:       make(chan struct{}, 1),
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 	}
-	c.idle.L = &c.mu
 	go c.writeLoop()
 	return c
 }
@@ -298,10 +284,10 @@ func (c *Conn) isClosed() bool {
 // data is borrowed, not copied: the caller must not modify or reuse it until
 // done has been called. If Reply returns nil, done (unless nil) is called
 // exactly once, after the reply has been handed to the socket or once the
-// connection has failed or been closed; it runs on the writer goroutine (or,
-// with InlineReplies, possibly on the caller's goroutine before Reply
-// returns) and must not block. By the time Close returns, every done has
-// been called. If Reply returns an error (ErrClosed after Close, or the error
+// connection has failed or been closed. It runs on the writer goroutine, so
+// it must return quickly and must not call Close (which waits for the
+// callbacks). By the time Close returns, every done has been called. Reply
+// itself never blocks on the socket. If Reply returns an error (ErrClosed after Close, or the error
 // of an earlier failed write), nothing was queued and done is never called.
 //
 // Reply does not allocate once the queue has grown to the connection's
@@ -325,22 +311,10 @@ func (c *Conn) Reply(handle uint64, errno uint32, data []byte, done func()) erro
 	c.queue = append(c.queue, reply{data: data, done: done})
 	EncodeReply(c.queue[len(c.queue)-1].hdr[:], handle, errno)
 	if c.writing || c.kicked {
-		// The current writer picks it up before it lets go, or the
-		// writer goroutine is about to run.
+		// The writer is draining and takes it before it stops, or it
+		// has been woken already.
 		c.mu.Unlock()
 		return nil
-	}
-	if c.inline {
-		c.writing = true
-		c.drainLocked(1)
-		c.writing = false
-		if c.closed {
-			c.idle.Broadcast()
-		}
-		if len(c.queue) == 0 {
-			c.mu.Unlock()
-			return nil
-		}
 	}
 	c.kicked = true
 	c.mu.Unlock()
@@ -351,41 +325,34 @@ func (c *Conn) Reply(handle uint64, errno uint32, data []byte, done func()) erro
 	return nil
 }
 
-// writeLoop is the writer goroutine.
+// writeLoop is the writer goroutine: each time it is woken, it sends what is
+// queued, batch by batch, until the queue is empty. After Close it releases
+// what is left without writing and exits.
 func (c *Conn) writeLoop() {
 	defer close(c.writerDone)
 	for {
 		select {
 		case <-c.kick:
 		case <-c.quit:
-			// Close: wait for an inline writer, then fail what is left.
-			c.mu.Lock()
-			for c.writing {
-				c.idle.Wait()
-			}
-			c.kicked = false
-			c.writing = true
-			c.drainLocked(-1)
-			c.writing = false
-			c.mu.Unlock()
-			return
 		}
 		c.mu.Lock()
 		c.kicked = false
-		if !c.writing {
-			c.writing = true
-			c.drainLocked(-1)
-			c.writing = false
-		}
+		c.writing = true
+		c.drainLocked()
+		c.writing = false
+		closed := c.closed
 		c.mu.Unlock()
+		if closed {
+			return // Reply queues nothing after Close
+		}
 	}
 }
 
-// drainLocked writes up to max batches (all, if max < 0) of queued replies
-// and calls their done callbacks. The caller holds mu and has set writing;
-// mu is released while writing and calling callbacks.
-func (c *Conn) drainLocked(max int) {
-	for ; max != 0 && len(c.queue) > 0; max-- {
+// drainLocked writes the queued replies, one batch per writev, and calls
+// their done callbacks, until the queue is empty. The caller holds mu; it is
+// released while writing and calling callbacks.
+func (c *Conn) drainLocked() {
+	for len(c.queue) > 0 {
 		batch := c.queue
 		c.queue = c.spare[:0]
 		c.spare = nil

@@ -133,9 +133,10 @@ func (s Sysfs) Scheduler(index uint32) (string, error) {
 	return "", fmt.Errorf("nbd: %s: no current scheduler in %q", s.path(index, "queue", "scheduler"), v)
 }
 
-// PID returns the pid of the process that connected the device (the pid
-// attribute). The error wraps os.ErrNotExist when the device is not
-// connected.
+// PID returns the pid attribute: the id of the task that connected the
+// device, which for a multi-threaded process (any Go program) is the id of
+// one of its threads, not the process id. The error wraps os.ErrNotExist
+// when the device is not connected.
 func (s Sysfs) PID(index uint32) (int, error) {
 	v, err := s.readUint(index, "pid")
 	return int(v), err

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -130,6 +131,11 @@ func (c *Collector) Role() string { return c.role }
 
 // checkLabels reports whether l suits the role.
 func (c *Collector) checkLabels(l Labels) error {
+	for _, v := range []string{l.Device, l.Target, l.Export, l.Session} {
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("stats: label value %q is not valid UTF-8", v)
+		}
+	}
 	switch c.role {
 	case RoleInitiator:
 		if l.Device == "" {
@@ -162,8 +168,9 @@ func (c *Collector) values(l Labels, extra int) []string {
 // Add registers counters under key with the series labels l, replacing what
 // key had. It returns an error, and changes nothing, if counters is nil, if l
 // lacks the role's required label (device on the initiator, export on the
-// target) or has a label the role does not use, or if another key already has
-// the same labels (its series would collide).
+// target) or has a label the role does not use, if a label value is not valid
+// UTF-8, or if another key already has the same labels (its series would
+// collide).
 func (c *Collector) Add(key string, l Labels, counters *Counters) error {
 	if counters == nil {
 		return errors.New("stats: Add: nil Counters")
@@ -187,14 +194,18 @@ func (c *Collector) Add(key string, l Labels, counters *Counters) error {
 // those extra lacks) and rbd_device_size_bytes (value size), replacing what
 // key had. It returns an error, and changes nothing, if l does not suit the
 // role (as for Add), if extra has a key that is not one of the Collector's
-// info labels, or if another key's info already has the same labels.
+// info labels or a value that is not valid UTF-8, or if another key's info
+// already has the same labels.
 func (c *Collector) AddInfo(key string, l Labels, size uint64, extra map[string]string) error {
 	if err := c.checkLabels(l); err != nil {
 		return err
 	}
-	for k := range extra {
+	for k, v := range extra {
 		if !slices.Contains(c.infoNames, k) {
 			return fmt.Errorf("stats: AddInfo %q: %q is not an info label of this collector (have %v)", key, k, c.infoNames)
+		}
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("stats: AddInfo %q: label value %q is not valid UTF-8", key, v)
 		}
 	}
 	vals := make([]string, len(c.infoNames))

@@ -120,7 +120,9 @@ func NewCounters() *Counters { return new(Counters) }
 
 // Start records the start of a request of type op: it counts the request as
 // started and in flight, raises the in-flight maximum if needed and returns
-// the Stamp to pass to Done. It is lock-free and does not allocate.
+// the Stamp to pass to Done. The started and in-flight counts are not per op;
+// op keeps Start and Done symmetrical at the call site. Start is lock-free and
+// does not allocate.
 func (c *Counters) Start(op Op) Stamp {
 	c.started.Add(1)
 	n := c.inflight.Add(1)

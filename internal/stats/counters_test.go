@@ -85,10 +85,10 @@ func TestHistogramPlacement(t *testing.T) {
 	if h.Sum != sum || h.Mean != sum/time.Duration(len(lat)) {
 		t.Errorf("Sum %v Mean %v, want %v %v", h.Sum, h.Mean, sum, sum/time.Duration(len(lat)))
 	}
-	// 9 observations: the median (rank 4.5) is the second of the three in
-	// (10µs, 20µs]; p99 (rank 8.91) is in the overflow bucket, so it is the
-	// last bound.
-	if want := 10*time.Microsecond + 10*time.Microsecond*5/6; h.P50 != want {
+	// 9 observations, 4 of them up to 20µs: the median (rank 4.5) is halfway
+	// through (20µs, 50µs], which holds the fifth alone; p99 (rank 8.91) is
+	// in the overflow bucket, so it is the last bound.
+	if want := 35 * time.Microsecond; h.P50 != want {
 		t.Errorf("P50 = %v, want %v", h.P50, want)
 	}
 	if h.P99 != 10*time.Second {

@@ -20,6 +20,10 @@
 //	// ... post, wait for the completion ...
 //	c.Done(stats.OpRead, n, start, stats.ErrNone) // or the error's kind
 //
+// Latency is measured from Start's Stamp (a monotonic-clock reading) to Done
+// and counted in 22 fixed buckets, 1-2-5 steps from 1µs to 10s, plus an
+// overflow bucket, with the sum in nanoseconds.
+//
 // Counters are monotonic and there is no Reset: the ancestor's "write to clear"
 // is replaced by rate() and increase() in Prometheus, and by taking the
 // difference of two snapshots. The two maxima (in flight, completions polled at
@@ -35,7 +39,8 @@
 //
 // A Collector is a registry of Counters by key (Add, Remove) that builds
 // constant metrics from fresh snapshots at scrape time, so the series of a
-// removed device disappear with it. Every series carries the constant label
+// removed device disappear with it (Entries gives the same snapshots to a
+// control socket). Every series carries the constant label
 // role ("initiator" or "target") and a fixed set of identity labels per role:
 // device, target and export on the initiator; export and session on the
 // target. On the target, export-level series have session="" (which

@@ -141,7 +141,7 @@ func KindOf(err error) ErrKind {
 		return ErrReadOnly
 	case syscall.EINVAL, syscall.EOVERFLOW, syscall.ERANGE:
 		return ErrInvalid
-	case syscall.EOPNOTSUPP, syscall.ENOSYS:
+	case syscall.EOPNOTSUPP, syscall.ENOSYS, syscall.ENOTTY:
 		return ErrUnsupported
 	case syscall.ETIMEDOUT:
 		return ErrTimeout

@@ -84,6 +84,8 @@ func TestKindOf(t *testing.T) {
 		{context.DeadlineExceeded, ErrTimeout},
 		{os.ErrDeadlineExceeded, ErrTimeout},
 		{syscall.ECONNRESET, ErrTransport},
+		{syscall.ENOTTY, ErrUnsupported},
+		{errors.Join(errors.New("backend: read-only"), syscall.EROFS), ErrReadOnly},
 	} {
 		if got := KindOf(tc.err); got != tc.want {
 			t.Errorf("KindOf(%v) = %v, want %v", tc.err, got, tc.want)

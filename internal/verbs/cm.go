@@ -441,7 +441,10 @@ func (l *Listener) Addr() netip.AddrPort { return l.id.LocalAddr() }
 type ConnRequest struct {
 	ID          *CMID
 	PrivateData []byte
-	// The initiator's RDMA READ limits.
+	// The peer's RDMA READ wishes, seen from this side (rdma_cm swaps them):
+	// ResponderResources is how many RDMA READs the peer wants to keep
+	// outstanding towards us (accept with at most that many responder
+	// resources), InitiatorDepth how many it serves for us.
 	ResponderResources uint8
 	InitiatorDepth     uint8
 }

@@ -111,7 +111,7 @@ func dial(t testing.TB, bufSize int) (cli, srv *side) {
 			s.mr, err = s.ep.Register(s.buf, acc)
 		}
 		if err == nil {
-			err = s.ep.ID.Accept(ctx, ConnParam{PrivateData: []byte("welcome"), ResponderResources: min(req.InitiatorDepth, 16), InitiatorDepth: min(req.ResponderResources, 16), RNRRetryCount: 7})
+			err = s.ep.ID.Accept(ctx, ConnParam{PrivateData: []byte("welcome"), ResponderResources: min(req.ResponderResources, 16), InitiatorDepth: min(req.InitiatorDepth, 16), RNRRetryCount: 7})
 		}
 		if err != nil {
 			s.close()

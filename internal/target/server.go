@@ -1,0 +1,422 @@
+package target
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"rbd/internal/stats"
+	"rbd/internal/verbs"
+	"rbd/internal/wire"
+)
+
+// Config is what a Server serves and how.
+type Config struct {
+	Listen  []netip.AddrPort
+	Exports []ExportConfig
+
+	// Limits granted to each connection (an initiator gets at most these).
+	MaxQueueDepth int // slots and credits per connection (default 128)
+	MaxSlotSize   int // bytes, a multiple of 4096 (default 256 KiB)
+	MaxInline     int // bytes of inline data (default 4096; 0 disables)
+	MaxConns      int // connections at once (default 256)
+	// Workers per connection doing backend I/O (default: the queue depth, at most 64).
+	Workers int
+
+	Log *slog.Logger
+}
+
+// Defaults.
+const (
+	DefaultQueueDepth = 128
+	DefaultSlotSize   = 256 << 10
+	DefaultInline     = 4096
+	DefaultMaxConns   = 256
+	maxWorkers        = 64
+	// maxRDMARead bounds the RDMA READs a connection serves at once.
+	maxRDMARead = 16
+)
+
+func (c *Config) setDefaults() error {
+	if c.MaxQueueDepth == 0 {
+		c.MaxQueueDepth = DefaultQueueDepth
+	}
+	if c.MaxSlotSize == 0 {
+		c.MaxSlotSize = DefaultSlotSize
+	}
+	if c.MaxInline < 0 {
+		c.MaxInline = 0
+	} else if c.MaxInline == 0 {
+		c.MaxInline = DefaultInline
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	switch {
+	case c.MaxQueueDepth < 1 || c.MaxQueueDepth > 4096:
+		return fmt.Errorf("queue depth %d: want 1..4096", c.MaxQueueDepth)
+	case c.MaxSlotSize < 4096 || c.MaxSlotSize%4096 != 0 || c.MaxSlotSize > 32<<20:
+		return fmt.Errorf("slot size %d: want a multiple of 4096 up to 32 MiB", c.MaxSlotSize)
+	case c.MaxInline > 64<<10:
+		return fmt.Errorf("inline size %d: want at most 64 KiB", c.MaxInline)
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	return nil
+}
+
+// Server serves exports to initiators. Its methods are safe for concurrent use.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	exports *exports
+
+	mu        sync.Mutex
+	listeners []*verbs.Listener
+	sessions  map[wire.SessionID]*session
+	conns     map[*conn]struct{}
+	closing   bool
+	wg        sync.WaitGroup
+	// OnSession, if set, is told when sessions start and end (metrics).
+	OnSession func(s SessionInfo, up bool)
+}
+
+// NewServer checks the configuration and opens the exports. An export that
+// cannot be opened now is logged and retried when an initiator asks for it.
+func NewServer(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	x, err := newExports(cfg.Exports)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, exports: x, sessions: map[wire.SessionID]*session{}, conns: map[*conn]struct{}{}}
+	for _, e := range x.list {
+		be, err := e.open()
+		if err != nil {
+			s.log.Warn("export not available yet", "export", e.Name(), "err", err)
+			continue
+		}
+		s.log.Info("export ready", "export", e.Name(), "size", be.Size(), "block_size", be.LogicalBlockSize(),
+			"read_only", e.cfg.ReadOnly, "shared", e.cfg.Shared, "discard", be.CanDiscard())
+	}
+	return s, nil
+}
+
+// Exports lists the exports.
+func (s *Server) Exports() []*Export { return s.exports.list }
+
+// Listen binds the configured addresses (rdma_cm). It fails when one cannot be
+// bound, for example because no RDMA device serves the address.
+func (s *Server) Listen() error {
+	for _, a := range s.cfg.Listen {
+		ln, err := verbs.Listen(a, 64)
+		if err != nil {
+			s.closeListeners()
+			return fmt.Errorf("rbdt: listen on %s: %w", a, err)
+		}
+		s.mu.Lock()
+		s.listeners = append(s.listeners, ln)
+		s.mu.Unlock()
+		s.log.Info("listening", "addr", ln.Addr())
+	}
+	return nil
+}
+
+// Addrs are the bound listen addresses.
+func (s *Server) Addrs() []netip.AddrPort {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []netip.AddrPort
+	for _, l := range s.listeners {
+		out = append(out, l.Addr())
+	}
+	return out
+}
+
+// Serve accepts connections until ctx ends or Close is called.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	lns := append([]*verbs.Listener(nil), s.listeners...)
+	s.mu.Unlock()
+	if len(lns) == 0 {
+		return errors.New("rbdt: not listening")
+	}
+	var wg sync.WaitGroup
+	for _, ln := range lns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.acceptLoop(ctx, ln)
+		}()
+	}
+	<-ctx.Done()
+	s.Close()
+	wg.Wait()
+	return nil
+}
+
+func (s *Server) acceptLoop(ctx context.Context, ln *verbs.Listener) {
+	for {
+		req, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, verbs.ErrClosed) {
+				s.log.Error("accept", "addr", ln.Addr(), "err", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.handshake(ctx, req)
+		}()
+	}
+}
+
+func (s *Server) reject(req *verbs.ConnRequest, reason wire.RejectReason, msg string) {
+	b := make([]byte, wire.RejectHdr+wire.MaxRejectMessage)
+	n := (&wire.Reject{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Reason: reason, Message: msg}).Encode(b)
+	req.Reject(b[:n])
+}
+
+// handshake negotiates a new connection, builds its resources and accepts it.
+func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
+	peer := req.ID.RemoteAddr()
+	log := s.log.With("peer", peer)
+	cd, err := wire.DecodeConnect(req.PrivateData)
+	if err != nil {
+		log.Warn("connect request refused", "err", err)
+		s.reject(req, wire.RejectBadRequest, err.Error())
+		return
+	}
+	ver, ok := wire.Negotiate(cd.MinVersion, cd.MaxVersion)
+	if !ok {
+		msg := fmt.Sprintf("this target speaks protocol versions %d..%d, the initiator %d..%d", wire.MinVersion, wire.MaxVersion, cd.MinVersion, cd.MaxVersion)
+		log.Warn("connect request refused", "err", msg)
+		s.reject(req, wire.RejectVersion, msg)
+		return
+	}
+	s.mu.Lock()
+	n, closing := len(s.conns), s.closing
+	s.mu.Unlock()
+	if closing {
+		s.reject(req, wire.RejectShuttingDown, "the target is shutting down")
+		return
+	}
+	if n >= s.cfg.MaxConns {
+		log.Warn("connect request refused: connection limit", "limit", s.cfg.MaxConns)
+		s.reject(req, wire.RejectTooMany, fmt.Sprintf("the target serves at most %d connections", s.cfg.MaxConns))
+		return
+	}
+	depth := min(int(cd.QueueDepth), s.cfg.MaxQueueDepth)
+	slot := min(roundDown(int(min(cd.MaxIO, 1<<30)), 4096), s.cfg.MaxSlotSize)
+	if slot < 4096 {
+		slot = 4096
+	}
+	inline := min(int(cd.InlineMax), s.cfg.MaxInline)
+	c, err := newConn(s, req, depth, slot, inline)
+	if err != nil {
+		log.Error("cannot set up connection", "err", err)
+		s.reject(req, wire.RejectResources, "target: "+err.Error())
+		return
+	}
+	acc := wire.Accept{Version: ver, Depth: uint16(depth), SlotSize: uint32(slot), InlineMax: uint32(inline),
+		SlotRKey: c.slotMR.RKey, SlotAddr: c.slotMR.Addr()}
+	pd := make([]byte, wire.AcceptSize)
+	acc.Encode(pd)
+	rd := min(req.ResponderResources, maxRDMARead)
+	actx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if err := c.ep.ID.Accept(actx, verbs.ConnParam{PrivateData: pd, ResponderResources: rd, InitiatorDepth: 0, RetryCount: 7, RNRRetryCount: 7}); err != nil {
+		log.Warn("accept failed", "err", err)
+		c.free()
+		return
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		c.free()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	log.Debug("connection established", "depth", depth, "slot_size", slot, "inline", inline, "version", ver)
+	c.serve(ctx)
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func roundDown(n, m int) int { return n / m * m }
+
+// Close stops listening, drops every connection and closes the exports.
+func (s *Server) Close() error {
+	s.closeListeners()
+	s.mu.Lock()
+	s.closing = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.drop("target shutting down")
+	}
+	s.wg.Wait()
+	var errs []error
+	for _, e := range s.exports.list {
+		errs = append(errs, e.close())
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	lns := s.listeners
+	s.listeners = nil
+	s.mu.Unlock()
+	for _, l := range lns {
+		l.Close()
+	}
+}
+
+// ---- sessions
+
+type session struct {
+	id       wire.SessionID
+	export   *Export
+	readOnly bool
+	queues   int
+	conns    map[uint16]*conn
+	peer     netip.AddrPort
+	since    time.Time
+	Stats    *stats.Counters
+}
+
+// SessionInfo describes a session for listings.
+type SessionInfo struct {
+	ID       string          `json:"id"`
+	Export   string          `json:"export"`
+	Peer     string          `json:"peer"`
+	ReadOnly bool            `json:"read_only"`
+	Queues   int             `json:"queues"`
+	Conns    int             `json:"connections"`
+	Since    time.Time       `json:"since"`
+	Stats    *stats.Counters `json:"-"`
+}
+
+func (ss *session) info() SessionInfo {
+	return SessionInfo{ID: ss.id.String(), Export: ss.export.Name(), Peer: ss.peer.String(), ReadOnly: ss.readOnly,
+		Queues: ss.queues, Conns: len(ss.conns), Since: ss.since, Stats: ss.Stats}
+}
+
+// Sessions lists the sessions, by export and peer.
+func (s *Server) Sessions() []SessionInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]SessionInfo, 0, len(s.sessions))
+	for _, ss := range s.sessions {
+		out = append(out, ss.info())
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Export != out[j].Export {
+			return out[i].Export < out[j].Export
+		}
+		return out[i].Peer < out[j].Peer
+	})
+	return out
+}
+
+// openError is an OPEN refused with a status and a message for the initiator.
+type openError struct {
+	status wire.Status
+	msg    string
+}
+
+func (e *openError) Error() string { return e.msg }
+
+// open binds connection c to a session on the export an OPEN names.
+func (s *Server) open(c *conn, o wire.Open) (*session, error) {
+	exp, err := s.exports.lookup(o.ExportName)
+	if err != nil {
+		return nil, &openError{wire.StatusNoEnt, err.Error()}
+	}
+	ro := o.Flags&wire.OpenReadOnly != 0 || exp.cfg.ReadOnly
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return nil, &openError{wire.StatusShutdown, "the target is shutting down"}
+	}
+	ss := s.sessions[o.Session]
+	if ss == nil {
+		exp.mu.Lock()
+		if !ro && !exp.cfg.Shared && exp.writer != nil {
+			w := exp.writer
+			exp.mu.Unlock()
+			return nil, &openError{wire.StatusBusy, fmt.Sprintf("export %s is in use read-write by another initiator (%s); export it with ,shared to allow several", exp.Name(), w.peer.Addr())}
+		}
+		if _, err := exp.openLocked(); err != nil {
+			exp.mu.Unlock()
+			return nil, &openError{wire.StatusOf(err), fmt.Sprintf("export %s cannot be opened on the target: %v", exp.Name(), err)}
+		}
+		ss = &session{id: o.Session, export: exp, readOnly: ro, queues: int(o.Queues), conns: map[uint16]*conn{},
+			peer: c.peer, since: time.Now(), Stats: stats.NewCounters()}
+		if !ro && !exp.cfg.Shared {
+			exp.writer = ss
+		}
+		exp.users++
+		exp.mu.Unlock()
+		s.sessions[o.Session] = ss
+		s.log.Info("session opened", "session", ss.id, "export", exp.Name(), "peer", c.peer, "read_only", ro, "queues", ss.queues)
+		if s.OnSession != nil {
+			s.OnSession(ss.info(), true)
+		}
+	} else if ss.export != exp || ss.readOnly != ro || ss.queues != int(o.Queues) {
+		return nil, &openError{wire.StatusInval, fmt.Sprintf("connection does not match its session %s (export %s, %d queues, read-only %v)", ss.id, ss.export.Name(), ss.queues, ss.readOnly)}
+	}
+	if old := ss.conns[o.Queue]; old != nil && old != c {
+		s.log.Info("queue replaced by a new connection", "session", ss.id, "queue", o.Queue, "old_peer", old.peer)
+		delete(ss.conns, o.Queue)
+		go old.drop("replaced by a new connection of its session")
+	}
+	ss.conns[o.Queue] = c
+	c.queue = o.Queue
+	return ss, nil
+}
+
+// leave removes c from its session; the last connection ends the session.
+func (s *Server) leave(c *conn) {
+	ss := c.sess
+	if ss == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss.conns[c.queue] == c {
+		delete(ss.conns, c.queue)
+	}
+	if len(ss.conns) > 0 || s.sessions[ss.id] != ss {
+		return
+	}
+	delete(s.sessions, ss.id)
+	exp := ss.export
+	exp.mu.Lock()
+	if exp.writer == ss {
+		exp.writer = nil
+	}
+	exp.users--
+	exp.mu.Unlock()
+	s.log.Info("session closed", "session", ss.id, "export", exp.Name(), "peer", ss.peer)
+	if s.OnSession != nil {
+		s.OnSession(ss.info(), false)
+	}
+}

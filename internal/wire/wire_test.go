@@ -1,0 +1,218 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+func TestConnectRoundTrip(t *testing.T) {
+	c := Connect{MinVersion: 1, MaxVersion: 3, QueueDepth: 128, MaxIO: 256 << 10, InlineMax: 4096}
+	b := make([]byte, 56) // transports pad connect private data to 56 bytes
+	c.Encode(b)
+	got, err := DecodeConnect(b)
+	if err != nil || got != c {
+		t.Fatalf("round trip: want %+v, got %+v (%v)", c, got, err)
+	}
+}
+
+func TestDecodeConnectErrors(t *testing.T) {
+	good := make([]byte, ConnectSize)
+	(&Connect{MinVersion: 1, MaxVersion: 1, QueueDepth: 1, MaxIO: 4096}).Encode(good)
+	for _, tc := range []struct {
+		name string
+		mut  func(b []byte) []byte
+		want error
+	}{
+		{"short", func(b []byte) []byte { return b[:10] }, ErrShort},
+		{"magic", func(b []byte) []byte { b[0] = 'X'; return b }, ErrMagic},
+		{"reserved", func(b []byte) []byte { b[6] = 1; return b }, ErrReserved},
+		{"no version", func(b []byte) []byte { b[4], b[5] = 0, 0; return b }, ErrInvalid},
+		{"inverted versions", func(b []byte) []byte { b[4], b[5] = 3, 2; return b }, ErrInvalid},
+		{"zero depth", func(b []byte) []byte { b[8], b[9] = 0, 0; return b }, ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := DecodeConnect(tc.mut(bytes.Clone(good)))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("want %v, got %v", tc.want, err)
+			}
+		})
+	}
+}
+
+func TestNegotiate(t *testing.T) {
+	for _, tc := range []struct {
+		min, max uint8
+		want     uint8
+		ok       bool
+	}{
+		{1, 1, 1, true},
+		{1, 9, MaxVersion, true},
+		{MaxVersion + 1, MaxVersion + 3, 0, false},
+	} {
+		v, ok := Negotiate(tc.min, tc.max)
+		if v != tc.want || ok != tc.ok {
+			t.Errorf("Negotiate(%d, %d): want %d %v, got %d %v", tc.min, tc.max, tc.want, tc.ok, v, ok)
+		}
+	}
+}
+
+func TestAcceptRoundTrip(t *testing.T) {
+	a := Accept{Version: 1, Depth: 64, SlotSize: 1 << 18, InlineMax: 4096, SlotRKey: 0xdeadbeef, SlotAddr: 0x7f0000001000}
+	b := make([]byte, 196)
+	a.Encode(b)
+	got, err := DecodeAccept(b)
+	if err != nil || got != a {
+		t.Fatalf("round trip: want %+v, got %+v (%v)", a, got, err)
+	}
+	a.SlotAddr = ^uint64(0) - 100 // slots would wrap around the address space
+	a.Encode(b)
+	if _, err := DecodeAccept(b); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("wrapping slots: want ErrInvalid, got %v", err)
+	}
+}
+
+func TestReject(t *testing.T) {
+	r := Reject{MinVersion: 1, MaxVersion: 2, Reason: RejectVersion, Message: "this target speaks versions 1..2\x01"}
+	b := make([]byte, 148)
+	n := r.Encode(b)
+	got, ok := DecodeReject(b) // with the transport's zero padding
+	if !ok || got.Reason != RejectVersion || got.Message != "this target speaks versions 1..2?" || got.MaxVersion != 2 {
+		t.Fatalf("reject: got %+v %v (len %d)", got, ok, n)
+	}
+	r.Message = strings.Repeat("x", 500)
+	if n := r.Encode(b); n != RejectHdr+MaxRejectMessage {
+		t.Fatalf("long message: encoded %d bytes", n)
+	}
+	if _, ok := DecodeReject([]byte("something else entirely")); ok {
+		t.Fatal("foreign reject decoded as rbd's")
+	}
+}
+
+func TestRequestRoundTrip(t *testing.T) {
+	for _, r := range []Request{
+		{Op: OpRead, Slot: 3, Length: 4096, Handle: 1, Offset: 16 << 40},
+		{Op: OpWrite, Flags: FlagFUA | FlagInline, Length: 512, Handle: ^uint64(0), Offset: 0},
+		{Op: OpWriteZeroes, Flags: FlagNoUnmap, Length: 1 << 31, Offset: 1 << 20},
+		{Op: OpFlush}, {Op: OpKeepAlive, Handle: 9}, {Op: OpDisconnect}, {Op: OpOpen, Length: 40},
+	} {
+		b := make([]byte, HeaderSize)
+		r.Encode(b)
+		got, err := DecodeRequest(b)
+		if err != nil || got != r {
+			t.Errorf("round trip: want %+v, got %+v (%v)", r, got, err)
+		}
+	}
+}
+
+func TestDecodeRequestErrors(t *testing.T) {
+	good := make([]byte, HeaderSize)
+	(&Request{Op: OpRead, Length: 4096}).Encode(good)
+	for _, tc := range []struct {
+		name string
+		mut  func(b []byte) []byte
+		want error
+	}{
+		{"short", func(b []byte) []byte { return b[:31] }, ErrShort},
+		{"opcode 0", func(b []byte) []byte { b[0] = 0; return b }, ErrInvalid},
+		{"opcode 200", func(b []byte) []byte { b[0] = 200; return b }, ErrInvalid},
+		{"unknown flag", func(b []byte) []byte { b[1] = 0x80; return b }, ErrInvalid},
+		{"reserved", func(b []byte) []byte { b[30] = 1; return b }, ErrReserved},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := DecodeRequest(tc.mut(bytes.Clone(good)))
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("want %v, got %v", tc.want, err)
+			}
+		})
+	}
+}
+
+func TestReplyRoundTrip(t *testing.T) {
+	r := Reply{Op: OpRead, Flags: FlagInline, Status: StatusIO, Handle: 77, Length: 4096}
+	b := make([]byte, HeaderSize)
+	r.Encode(b)
+	got, err := DecodeReply(b)
+	if err != nil || got != r {
+		t.Fatalf("round trip: want %+v, got %+v (%v)", r, got, err)
+	}
+	b[21] = 1
+	if _, err := DecodeReply(b); !errors.Is(err, ErrReserved) {
+		t.Fatalf("reserved: want ErrReserved, got %v", err)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	if StatusOf(nil) != StatusOK || StatusOK.Err() != nil {
+		t.Fatal("ok status")
+	}
+	if s := StatusOf(&wrapErr{syscall.ENOSPC}); s != StatusNoSpace {
+		t.Fatalf("wrapped ENOSPC: got %v", s)
+	}
+	if s := StatusOf(errors.New("plain")); s != StatusIO {
+		t.Fatalf("plain error: got %v", s)
+	}
+	if !errors.Is(StatusROFS.Err(), syscall.EROFS) {
+		t.Fatal("EROFS")
+	}
+}
+
+type wrapErr struct{ e error }
+
+func (w *wrapErr) Error() string { return "wrapped: " + w.e.Error() }
+func (w *wrapErr) Unwrap() error { return w.e }
+
+func TestOpenRoundTrip(t *testing.T) {
+	o := Open{Session: SessionID{1, 2, 3}, Queue: 1, Queues: 4, Flags: OpenReadOnly, ExportName: "/dev/ram0"}
+	b := make([]byte, MinDataArea)
+	n, err := o.Encode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeOpen(b[:n])
+	if err != nil || got != o {
+		t.Fatalf("round trip: want %+v, got %+v (%v)", o, got, err)
+	}
+	for _, bad := range []Open{
+		{Queue: 0, Queues: 1, ExportName: ""},
+		{Queue: 0, Queues: 1, ExportName: strings.Repeat("a", MaxExportName+1)},
+	} {
+		if _, err := bad.Encode(b); err == nil {
+			t.Errorf("Encode %q: want error", bad.ExportName)
+		}
+	}
+	o.Queue = 4 // queue out of range
+	n, _ = o.Encode(b)
+	if _, err := DecodeOpen(b[:n]); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("queue 4 of 4: want ErrInvalid, got %v", err)
+	}
+	o.Queue = 0
+	n, _ = o.Encode(b)
+	if _, err := DecodeOpen(b[:n-1]); !errors.Is(err, ErrShort) {
+		t.Fatalf("truncated name: want ErrShort, got %v", err)
+	}
+}
+
+func TestOpenReplyRoundTrip(t *testing.T) {
+	r := OpenReply{Size: 16 << 40, LogicalBlockSize: 4096, PhysicalBlockSize: 4096,
+		Caps: CapFlush | CapTrim | CapMultiConn, MaxDiscard: 1 << 30, Session: SessionID{9}, Message: "ok"}
+	b := make([]byte, MinDataArea)
+	n, err := r.Encode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeOpenReply(b[:n], true)
+	if err != nil || got != r {
+		t.Fatalf("round trip: want %+v, got %+v (%v)", r, got, err)
+	}
+	r.LogicalBlockSize = 1000
+	n, _ = r.Encode(b)
+	if _, err := DecodeOpenReply(b[:n], true); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("block size 1000: want ErrInvalid, got %v", err)
+	}
+	if got, err := DecodeOpenReply(b[:n], false); err != nil || got.Message != "ok" {
+		t.Fatalf("error reply: %+v %v", got, err)
+	}
+}
