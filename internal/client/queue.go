@@ -344,7 +344,11 @@ func (q *Queue) poll() {
 	defer close(q.stopped)
 	wcs := make([]verbs.WC, 32)
 	for !q.dead.Load() {
+		w := q.ep.CQ.Waits()
 		n, err := q.ep.CQ.Wait(context.Background(), wcs)
+		if q.ep.CQ.Waits() != w {
+			q.stats.AddCQWait()
+		}
 		if err != nil {
 			if !errors.Is(err, verbs.ErrClosed) {
 				q.drop("completion queue: " + err.Error())

@@ -49,7 +49,7 @@ type Conn struct {
 	remain     uint32 // payload bytes of the current WRITE not consumed yet
 	rerr       error  // sticky read error
 
-	// Write side. mu guards the fields up to spare; iov and bufs belong to
+	// Write side. mu guards the fields up to werr; iov and bufs belong to
 	// the writer goroutine.
 	mu      sync.Mutex
 	queue   []reply // replies waiting for the writer
@@ -72,6 +72,7 @@ type Conn struct {
 type reply struct {
 	hdr  [ReplySize]byte
 	data []byte
+	more [][]byte // ReplyV: further payload pieces, in order
 	done func()
 }
 
@@ -295,8 +296,22 @@ func (c *Conn) isClosed() bool {
 // that was bound once (for example a method value stored per request slot)
 // rather than a new closure per call.
 func (c *Conn) Reply(handle uint64, errno uint32, data []byte, done func()) error {
+	return c.reply(handle, errno, data, nil, done)
+}
+
+// ReplyV is Reply with the payload in pieces (a request served in parts):
+// the pieces are written in order after the header, and belong to the Conn
+// until done runs, like Reply's data. The slice data itself is kept too.
+func (c *Conn) ReplyV(handle uint64, errno uint32, data [][]byte, done func()) error {
+	if len(data) == 0 {
+		return c.reply(handle, errno, nil, nil, done)
+	}
+	return c.reply(handle, errno, data[0], data[1:], done)
+}
+
+func (c *Conn) reply(handle uint64, errno uint32, data []byte, more [][]byte, done func()) error {
 	if errno != 0 {
-		data = nil
+		data, more = nil, nil
 	}
 	c.mu.Lock()
 	if c.closed {
@@ -308,7 +323,7 @@ func (c *Conn) Reply(handle uint64, errno uint32, data []byte, done func()) erro
 		c.mu.Unlock()
 		return err
 	}
-	c.queue = append(c.queue, reply{data: data, done: done})
+	c.queue = append(c.queue, reply{data: data, more: more, done: done})
 	EncodeReply(c.queue[len(c.queue)-1].hdr[:], handle, errno)
 	if c.writing || c.kicked {
 		// The writer is draining and takes it before it stops, or it
@@ -370,7 +385,7 @@ func (c *Conn) drainLocked() {
 			if done := batch[i].done; done != nil {
 				done()
 			}
-			batch[i].data, batch[i].done = nil, nil
+			batch[i].data, batch[i].more, batch[i].done = nil, nil, nil
 		}
 		c.mu.Lock()
 		c.spare = batch[:0]
@@ -386,6 +401,11 @@ func (c *Conn) writeBatch(batch []reply) error {
 		iov = append(iov, r.hdr[:])
 		if len(r.data) > 0 {
 			iov = append(iov, r.data)
+		}
+		for _, m := range r.more {
+			if len(m) > 0 {
+				iov = append(iov, m)
+			}
 		}
 	}
 	c.iov = iov

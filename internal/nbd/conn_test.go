@@ -719,3 +719,29 @@ func benchRoundTrip(b *testing.B, opts *ConnOptions, depth int) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*depth), "ns/req")
 }
+
+func TestConnReplyV(t *testing.T) {
+	c, k := newTestConn(t, nil)
+	data := pattern(7, 3*4096+512)
+	pieces := [][]byte{data[:4096], data[4096:4096], data[4096 : 3*4096], data[3*4096:]}
+	done := make(chan struct{})
+	if err := c.ReplyV(7, 0, pieces, func() { close(done) }); err != nil {
+		t.Fatal(err)
+	}
+	r, got, err := k.recv(func(uint64) int { return len(data) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Handle != 7 || r.Error != 0 || !bytes.Equal(got, data) {
+		t.Fatalf("ReplyV: handle %d error %d, data equal %v", r.Handle, r.Error, bytes.Equal(got, data))
+	}
+	<-done
+	// an error reply carries no data
+	if err := c.ReplyV(8, EIO, pieces, nil); err != nil {
+		t.Fatal(err)
+	}
+	r, got, err = k.recv(func(uint64) int { return 0 })
+	if err != nil || r.Error != EIO || len(got) != 0 {
+		t.Fatalf("error ReplyV: %+v %d bytes %v", r, len(got), err)
+	}
+}

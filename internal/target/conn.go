@@ -194,7 +194,12 @@ func (c *conn) poll() {
 	wcs := make([]verbs.WC, 32)
 	repost := make([]verbs.RecvWR, 0, 32)
 	for !c.dead.Load() {
+		w := c.ep.CQ.Waits()
 		n, err := c.ep.CQ.Wait(context.Background(), wcs)
+		if c.sess != nil && c.ep.CQ.Waits() != w {
+			c.sess.Stats.AddCQWait()
+			c.sess.export.Stats.AddCQWait()
+		}
 		if err != nil {
 			if !errors.Is(err, verbs.ErrClosed) {
 				c.drop("completion queue: " + err.Error())

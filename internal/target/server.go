@@ -120,7 +120,7 @@ func (s *Server) Listen() error {
 		ln, err := verbs.Listen(a, 64)
 		if err != nil {
 			s.closeListeners()
-			return fmt.Errorf("rbdt: listen on %s: %w", a, err)
+			return fmt.Errorf("listen on %s: %w", a, err)
 		}
 		s.mu.Lock()
 		s.listeners = append(s.listeners, ln)

@@ -2,6 +2,7 @@ package verbs
 
 import (
 	"context"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 )
@@ -53,8 +54,12 @@ type CQ struct {
 	cq      unsafe.Pointer
 	ch      *CompChannel
 	unacked int
+	waits   atomic.Uint64
 	Size    int // entries the device granted
 }
+
+// Waits counts the times Wait found the CQ empty and parked on the channel.
+func (cq *CQ) Waits() uint64 { return cq.waits.Load() }
 
 // CreateCQ creates a completion queue of at least entries entries, reporting to
 // ch (nil: no channel, poll only) on completion vector vector.
@@ -165,6 +170,7 @@ func (cq *CQ) Wait(ctx context.Context, wcs []WC) (int, error) {
 		if n, err = cq.Poll(wcs); n > 0 || err != nil {
 			return n, err
 		}
+		cq.waits.Add(1)
 		if err := cq.WaitEvent(ctx); err != nil {
 			return 0, err
 		}

@@ -1,0 +1,335 @@
+// Command rbdctl adds, removes and lists rbd devices and shows their stats,
+// with the flags of the 2015 rbdctl: -n/--new, -r/--rem, -l/--list, plus
+// -s/--stats (see rbdctl(8)). It talks to rbdi (and, on a target host, rbdt)
+// through their control sockets.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"rbd/internal/daemon"
+	"rbd/internal/stats"
+)
+
+type options struct {
+	add, remove, list, showStats bool
+	addr, dev                    string
+	port                         uint16
+	output                       string
+	socket, targetSocket         string
+	queues                       int
+	readOnly                     bool
+	timeout                      time.Duration
+}
+
+func main() {
+	cmd := newRootCmd(os.Stdout)
+	if err := cmd.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "rbdctl:", err)
+		var ue *usageError
+		if errors.As(err, &ue) {
+			os.Exit(2)
+		}
+		os.Exit(1)
+	}
+}
+
+type usageError struct{ error }
+
+func newRootCmd(out io.Writer) *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:   "rbdctl (-n -a ADDR -d DEV [-p PORT] | -r -d /dev/rbdiN | -l | -s -d DEV) [-o json]",
+		Short: "control rbd devices",
+		Long: `rbdctl adds, removes and lists rbd devices:
+
+  rbdctl -n -a <target-addr> -p 65000 -d /dev/ram0   new device (prints /dev/rbdiN)
+  rbdctl -r -d /dev/rbdi0                            remove it
+  rbdctl -l                                          list devices (and, on a target, sessions)
+  rbdctl -s -d /dev/rbdi0                            a device's stats (on a target: -d EXPORT)`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cmd.SetOut(out)
+			return run(cmd, &o)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&o.add, "new", "n", false, "add a device: needs -a and -d")
+	f.BoolVarP(&o.remove, "rem", "r", false, "remove the device given with -d")
+	f.BoolVarP(&o.list, "list", "l", false, "list devices")
+	f.BoolVarP(&o.showStats, "stats", "s", false, "show the stats of the device (or target export) given with -d")
+	f.StringVarP(&o.addr, "addr", "a", "", "target address or name (with -n)")
+	f.StringVarP(&o.dev, "dev", "d", "", "with -n: the device on the target (/dev/ram0); with -r, -s: /dev/rbdiN")
+	f.Uint16VarP(&o.port, "port", "p", 65000, "target port (with -n)")
+	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
+	f.StringVar(&o.socket, "socket", "/run/rbd/rbdi.sock", "rbdi's control socket")
+	f.StringVar(&o.targetSocket, "target-socket", "/run/rbd/rbdt.sock", "rbdt's control socket (for -l and -s on a target host)")
+	f.IntVarP(&o.queues, "queues", "q", 0, "RDMA queues for the new device (default: rbdi's)")
+	f.BoolVar(&o.readOnly, "read-only", false, "map the new device read-only")
+	f.DurationVar(&o.timeout, "timeout", 90*time.Second, "how long to wait for the daemon")
+	cmd.MarkFlagsMutuallyExclusive("new", "rem", "list", "stats")
+	cmd.MarkFlagsOneRequired("new", "rem", "list", "stats")
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &usageError{err} })
+	return cmd
+}
+
+func run(cmd *cobra.Command, o *options) error {
+	if o.output != "text" && o.output != "json" {
+		return &usageError{fmt.Errorf("-o %s: want text or json", o.output)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+	defer cancel()
+	switch {
+	case o.add:
+		if o.addr == "" || o.dev == "" {
+			return &usageError{errors.New("-n needs the target address (-a ADDR) and the device on the target (-d /dev/...)")}
+		}
+		return add(ctx, cmd, o)
+	case o.remove:
+		if o.dev == "" {
+			return &usageError{errors.New("-r needs the device to remove: -d /dev/rbdiN")}
+		}
+		var res map[string]string
+		if err := rbdi(o).Do(ctx, "DELETE", "/v1/devices/"+base(o.dev), nil, &res); err != nil {
+			return explain(err, "rbdi", o.socket)
+		}
+		if o.output == "json" {
+			return printJSON(cmd.OutOrStdout(), res)
+		}
+		return nil
+	case o.list:
+		return list(ctx, cmd, o)
+	default:
+		if o.dev == "" {
+			return &usageError{errors.New("-s needs the device: -d /dev/rbdiN (or, on a target, the export)")}
+		}
+		return showStats(ctx, cmd, o)
+	}
+}
+
+func rbdi(o *options) *daemon.Client { return daemon.NewClient(o.socket) }
+func rbdt(o *options) *daemon.Client { return daemon.NewClient(o.targetSocket) }
+
+func base(dev string) string {
+	dev = strings.TrimPrefix(dev, "/dev/")
+	return strings.ReplaceAll(dev, "/", "_")
+}
+
+// explain turns a control-socket failure into a message with the fix.
+func explain(err error, who, path string) error {
+	var nr *daemon.NotRunningError
+	if errors.As(err, &nr) {
+		switch {
+		case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED):
+			return fmt.Errorf("%s is not running (nothing at %s): start it with `systemctl start %s`", who, path, who)
+		case errors.Is(err, syscall.EACCES):
+			return fmt.Errorf("permission denied on %s: run rbdctl as root", path)
+		}
+		return fmt.Errorf("cannot reach %s at %s: %v", who, path, nr.Err)
+	}
+	var re *daemon.RemoteError
+	if errors.As(err, &re) && re.Hint != "" {
+		return fmt.Errorf("%s\n  hint: %s", re.APIError.Error, re.Hint)
+	}
+	return err
+}
+
+// DeviceInfo mirrors rbdi's answer.
+type DeviceInfo struct {
+	Name       string    `json:"name"`
+	Path       string    `json:"path"`
+	NBD        string    `json:"nbd"`
+	Target     string    `json:"target"`
+	TargetAddr string    `json:"target_addr"`
+	Export     string    `json:"export"`
+	State      string    `json:"state"`
+	Reason     string    `json:"reason,omitempty"`
+	Size       uint64    `json:"size"`
+	BlockSize  uint32    `json:"block_size"`
+	ReadOnly   bool      `json:"read_only"`
+	Queues     int       `json:"queues"`
+	SlotSize   int       `json:"slot_size"`
+	Inline     int       `json:"inline"`
+	Since      time.Time `json:"since"`
+}
+
+func add(ctx context.Context, cmd *cobra.Command, o *options) error {
+	req := map[string]any{"target": o.addr, "port": o.port, "export": o.dev, "read_only": o.readOnly, "queues": o.queues}
+	var d DeviceInfo
+	if err := rbdi(o).Do(ctx, "POST", "/v1/devices", req, &d); err != nil {
+		return explain(err, "rbdi", o.socket)
+	}
+	if o.output == "json" {
+		return printJSON(cmd.OutOrStdout(), d)
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), d.Path)
+	return nil
+}
+
+// TargetStatus mirrors rbdt's answer.
+type TargetStatus struct {
+	Role    string   `json:"role"`
+	Listen  []string `json:"listen"`
+	Exports []struct {
+		Name     string `json:"name"`
+		ReadOnly bool   `json:"read_only"`
+		Shared   bool   `json:"shared"`
+	} `json:"exports"`
+	Sessions []struct {
+		ID       string    `json:"id"`
+		Export   string    `json:"export"`
+		Peer     string    `json:"peer"`
+		ReadOnly bool      `json:"read_only"`
+		Queues   int       `json:"queues"`
+		Conns    int       `json:"connections"`
+		Since    time.Time `json:"since"`
+	} `json:"sessions"`
+}
+
+func list(ctx context.Context, cmd *cobra.Command, o *options) error {
+	var devs []DeviceInfo
+	ierr := rbdi(o).Do(ctx, "GET", "/v1/devices", nil, &devs)
+	var ts TargetStatus
+	terr := rbdt(o).Do(ctx, "GET", "/v1/status", nil, &ts)
+	var nr *daemon.NotRunningError
+	iDown, tDown := errors.As(ierr, &nr), errors.As(terr, &nr)
+	if iDown && tDown {
+		return fmt.Errorf("neither rbdi nor rbdt is running on this host (no %s, no %s): start one with `systemctl start rbdi` or `systemctl start rbdt`", o.socket, o.targetSocket)
+	}
+	if ierr != nil && !iDown {
+		return explain(ierr, "rbdi", o.socket)
+	}
+	if terr != nil && !tDown {
+		return explain(terr, "rbdt", o.targetSocket)
+	}
+	w := cmd.OutOrStdout()
+	if o.output == "json" {
+		out := map[string]any{}
+		if !iDown {
+			out["devices"] = devs
+		}
+		if !tDown {
+			out["target"] = ts
+		}
+		return printJSON(w, out)
+	}
+	if !iDown {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DEVICE\tNBD\tTARGET\tEXPORT\tSTATE\tSIZE\tQUEUES\tMODE")
+		for _, d := range devs {
+			mode := "rw"
+			if d.ReadOnly {
+				mode = "ro"
+			}
+			state := d.State
+			if d.Reason != "" {
+				state += " (" + d.Reason + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.Path, d.NBD, d.TargetAddr, d.Export, state, stats.HumanBytes(d.Size), d.Queues, mode)
+		}
+		tw.Flush()
+	}
+	if !tDown {
+		if !iDown {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "target listening on %s\n", strings.Join(ts.Listen, ", "))
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "EXPORT\tMODE\tSESSIONS")
+		for _, e := range ts.Exports {
+			n := 0
+			for _, s := range ts.Sessions {
+				if s.Export == e.Name {
+					n++
+				}
+			}
+			mode := "rw"
+			if e.ReadOnly {
+				mode = "ro"
+			}
+			if e.Shared {
+				mode += ",shared"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\n", e.Name, mode, n)
+		}
+		tw.Flush()
+		if len(ts.Sessions) > 0 {
+			tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "SESSION\tEXPORT\tINITIATOR\tCONNECTIONS\tMODE\tSINCE")
+			for _, s := range ts.Sessions {
+				mode := "rw"
+				if s.ReadOnly {
+					mode = "ro"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\n", s.ID[:12], s.Export, s.Peer, s.Conns, s.Queues, mode, s.Since.Format(time.RFC3339))
+			}
+			tw.Flush()
+		}
+	}
+	return nil
+}
+
+func showStats(ctx context.Context, cmd *cobra.Command, o *options) error {
+	w := cmd.OutOrStdout()
+	var res struct {
+		Device DeviceInfo     `json:"device"`
+		Stats  stats.Snapshot `json:"stats"`
+	}
+	ierr := rbdi(o).Do(ctx, "GET", "/v1/devices/"+base(o.dev)+"/stats", nil, &res)
+	if ierr == nil {
+		if o.output == "json" {
+			return printJSON(w, res)
+		}
+		fmt.Fprintf(w, "%s (%s): %s on %s, %s\n", res.Device.Path, res.Device.NBD, res.Device.Export, res.Device.TargetAddr, res.Device.State)
+		return res.Stats.WriteText(w)
+	}
+	// not an initiator device: a target export?
+	var entries []stats.Entry
+	terr := rbdt(o).Do(ctx, "GET", "/v1/stats?export="+o.dev, nil, &entries)
+	if terr == nil {
+		if o.output == "json" {
+			return printJSON(w, entries)
+		}
+		for i, e := range entries {
+			if i > 0 {
+				fmt.Fprintln(w)
+			}
+			if e.Labels.Session == "" {
+				fmt.Fprintf(w, "export %s (all sessions):\n", e.Labels.Export)
+			} else {
+				fmt.Fprintf(w, "export %s, session %s:\n", e.Labels.Export, e.Labels.Session)
+			}
+			if err := e.Stats.WriteText(w); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var nr *daemon.NotRunningError
+	if errors.As(ierr, &nr) && errors.As(terr, &nr) {
+		return explain(ierr, "rbdi", o.socket)
+	}
+	if !errors.As(ierr, &nr) {
+		return explain(ierr, "rbdi", o.socket)
+	}
+	return explain(terr, "rbdt", o.targetSocket)
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

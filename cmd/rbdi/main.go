@@ -1,0 +1,316 @@
+// Command rbdi is the rbd initiator daemon: it maps exports of rbd targets
+// as local block devices, /dev/rbdiN, through the kernel's NBD driver (see
+// rbdi(8); rbdctl(8) drives it).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"rbd/internal/daemon"
+	"rbd/internal/initiator"
+	"rbd/internal/stats"
+)
+
+// DefaultMetricsPort is rbdi's documented Prometheus port (--metrics-addr :9466).
+const DefaultMetricsPort = 9466
+
+// DefaultControl is rbdi's control socket.
+const DefaultControl = "/run/rbd/rbdi.sock"
+
+// fileConfig is /etc/rbd/rbdi.toml: settings and the persistent devices,
+// mapped again at start in file order.
+type fileConfig struct {
+	MetricsAddr     string                 `toml:"metrics_addr"`
+	Control         string                 `toml:"control_socket"`
+	LogLevel        string                 `toml:"log_level"`
+	Queues          int                    `toml:"queues"`
+	QueueDepth      int                    `toml:"queue_depth"`
+	MaxIO           int                    `toml:"max_io"`
+	Inline          *int                   `toml:"inline"`
+	Timeout         string                 `toml:"timeout"`
+	DeadConnTimeout string                 `toml:"dead_conn_timeout"`
+	Device          []initiator.AddRequest `toml:"device"`
+}
+
+type options struct {
+	config, metricsAddr, control, logLevel string
+	queues, depth, maxIO, inline           int
+	timeout, deadConn                      time.Duration
+	noMlock                                bool
+}
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "rbdi:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:   "rbdi [--config /etc/rbd/rbdi.toml]",
+		Short: "rbd initiator daemon: remote block devices as /dev/rbdiN",
+		Long: `rbdi maps exports of rbd targets as local block devices (/dev/rbdiN, over the
+kernel's NBD driver), moving the data by RDMA. rbdctl adds, removes and lists
+devices through its control socket.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd, &o) },
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.config, "config", "c", "", "configuration file (TOML) with settings and persistent [[device]]s")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", fmt.Sprintf("serve Prometheus metrics on this address, e.g. :%d (off by default)", DefaultMetricsPort))
+	f.StringVar(&o.control, "control", DefaultControl, "control socket (rbdctl talks to it)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&o.queues, "queues", min(runtime.NumCPU(), 4), "RDMA queues (and NBD sockets) per device")
+	f.IntVar(&o.depth, "queue-depth", 128, "requests in flight per queue")
+	f.IntVar(&o.maxIO, "max-io", 256<<10, "largest request per RDMA operation in bytes (the target may grant less)")
+	f.IntVar(&o.inline, "inline", 4096, "largest I/O carried inline in messages, bytes (-1: never)")
+	f.DurationVar(&o.timeout, "timeout", initiator.DefaultTimeout, "kernel per-request timeout")
+	f.DurationVar(&o.deadConn, "dead-conn-timeout", 0, "how long I/O waits for a new connection when all died (0: fail at once)")
+	f.BoolVar(&o.noMlock, "no-mlock", false, "do not lock the daemon's memory (not safe under memory pressure)")
+	return cmd
+}
+
+func loadConfig(path string) (*fileConfig, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var fc fileConfig
+	if err := toml.NewDecoder(f).DisallowUnknownFields().Decode(&fc); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return nil, fmt.Errorf("%s:%d:%d: %v", path, row, col, de)
+		}
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return nil, fmt.Errorf("%s: %s", path, sm.String())
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for i, d := range fc.Device {
+		if d.Target == "" || d.Export == "" {
+			return nil, fmt.Errorf("%s: device %d: target and export are required", path, i+1)
+		}
+	}
+	return &fc, nil
+}
+
+// protect keeps the daemon out of memory-reclaim deadlocks: a process serving
+// a block device must not wait for the reclaim that waits for it.
+func protect(noMlock bool, log *slog.Logger) error {
+	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_IO_FLUSHER): %w (needs CAP_SYS_RESOURCE and Linux 5.6)", err)
+	}
+	if noMlock {
+		log.Warn("memory not locked (--no-mlock)")
+		return nil
+	}
+	if err := unix.Mlockall(unix.MCL_CURRENT | unix.MCL_FUTURE | unix.MCL_ONFAULT); err != nil {
+		return fmt.Errorf("mlockall: %w (raise the locked-memory limit: LimitMEMLOCK=infinity, ulimit -l unlimited)", err)
+	}
+	return nil
+}
+
+func run(cmd *cobra.Command, o *options) error {
+	var devices []initiator.AddRequest
+	metricsAddr, control, level := o.metricsAddr, o.control, o.logLevel
+	if o.config != "" {
+		fc, err := loadConfig(o.config)
+		if err != nil {
+			return err
+		}
+		set := cmd.Flags().Changed
+		if !set("metrics-addr") && fc.MetricsAddr != "" {
+			metricsAddr = fc.MetricsAddr
+		}
+		if !set("control") && fc.Control != "" {
+			control = fc.Control
+		}
+		if !set("log-level") && fc.LogLevel != "" {
+			level = fc.LogLevel
+		}
+		if !set("queues") && fc.Queues != 0 {
+			o.queues = fc.Queues
+		}
+		if !set("queue-depth") && fc.QueueDepth != 0 {
+			o.depth = fc.QueueDepth
+		}
+		if !set("max-io") && fc.MaxIO != 0 {
+			o.maxIO = fc.MaxIO
+		}
+		if !set("inline") && fc.Inline != nil {
+			o.inline = *fc.Inline
+		}
+		for name, s := range map[string]string{"timeout": fc.Timeout, "dead-conn-timeout": fc.DeadConnTimeout} {
+			if s == "" || set(name) {
+				continue
+			}
+			d, err := time.ParseDuration(s)
+			if err != nil {
+				return fmt.Errorf("%s: %s: %v", o.config, name, err)
+			}
+			if name == "timeout" {
+				o.timeout = d
+			} else {
+				o.deadConn = d
+			}
+		}
+		devices = fc.Device
+	}
+	log, err := daemon.Logger(level)
+	if err != nil {
+		return err
+	}
+	if err := protect(o.noMlock, log); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	inline := o.inline
+	if inline == 0 {
+		inline = -1
+	}
+	coll := stats.NewCollector(stats.RoleInitiator, "nbd", "rdma_device", "interface")
+	m := initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
+		Timeout: o.timeout, DeadConnTimeout: o.deadConn, Log: log, Collector: coll})
+	ctl, err := daemon.ListenControl(control)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(control)
+	go daemon.ServeControl(ctx, ctl, controlHandler(m, coll))
+	if metricsAddr != "" {
+		reg := stats.NewRegistry(coll)
+		errc := make(chan error, 1)
+		go func() { errc <- stats.Serve(ctx, metricsAddr, stats.Handler(reg)) }()
+		select {
+		case err := <-errc:
+			if err != nil {
+				return fmt.Errorf("metrics: %w", err)
+			}
+		case <-time.After(100 * time.Millisecond):
+		}
+		log.Info("metrics", "addr", metricsAddr)
+	}
+	for _, req := range devices { // persistent devices, in file order
+		actx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		d, err := m.Add(actx, req)
+		cancel()
+		if err != nil {
+			log.Error("persistent device not mapped", "target", req.Target, "export", req.Export, "err", err)
+			continue
+		}
+		log.Info("persistent device mapped", "device", d.Path(), "target", req.Target, "export", req.Export)
+	}
+	daemon.Notify(fmt.Sprintf("READY=1\nSTATUS=%d device(s)", len(m.List())))
+	go daemon.Watchdog(ctx, nil)
+	<-ctx.Done()
+	daemon.Notify("STOPPING=1")
+	log.Info("stopping: removing devices")
+	m.Close()
+	return nil
+}
+
+// DeviceInfo is a device as the control socket shows it.
+type DeviceInfo struct {
+	Name       string    `json:"name"`
+	Path       string    `json:"path"`
+	NBD        string    `json:"nbd"`
+	Target     string    `json:"target"`
+	TargetAddr string    `json:"target_addr"`
+	Export     string    `json:"export"`
+	State      string    `json:"state"`
+	Reason     string    `json:"reason,omitempty"`
+	Size       uint64    `json:"size"`
+	BlockSize  uint32    `json:"block_size"`
+	ReadOnly   bool      `json:"read_only"`
+	Queues     int       `json:"queues"`
+	SlotSize   int       `json:"slot_size"`
+	Inline     int       `json:"inline"`
+	Since      time.Time `json:"since"`
+}
+
+func info(d *initiator.Device) DeviceInfo {
+	st, why := d.State()
+	s := d.Session()
+	qs := s.Queues()
+	return DeviceInfo{Name: d.Name(), Path: d.Path(), NBD: d.NBDPath(), Target: d.TargetName, TargetAddr: d.Target.String(),
+		Export: d.Export, State: st, Reason: why, Size: s.Export.Size, BlockSize: s.Export.LogicalBlockSize,
+		ReadOnly: d.ReadOnly, Queues: len(qs), SlotSize: qs[0].SlotSize(), Inline: qs[0].Inline(), Since: d.Since}
+}
+
+func apiError(w http.ResponseWriter, err error) {
+	var ie *initiator.Error
+	if errors.As(err, &ie) {
+		daemon.WriteError(w, http.StatusBadRequest, err, ie.Hint)
+		return
+	}
+	daemon.WriteError(w, http.StatusInternalServerError, err, "")
+}
+
+func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		daemon.WriteJSON(w, http.StatusOK, map[string]any{"role": "initiator"})
+	})
+	mux.HandleFunc("GET /v1/devices", func(w http.ResponseWriter, r *http.Request) {
+		out := []DeviceInfo{}
+		for _, d := range m.List() {
+			out = append(out, info(d))
+		}
+		daemon.WriteJSON(w, http.StatusOK, out)
+	})
+	mux.HandleFunc("POST /v1/devices", func(w http.ResponseWriter, r *http.Request) {
+		var req initiator.AddRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			daemon.WriteError(w, http.StatusBadRequest, fmt.Errorf("bad request: %w", err), "")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 60*time.Second)
+		defer cancel()
+		d, err := m.Add(ctx, req)
+		if err != nil {
+			apiError(w, err)
+			return
+		}
+		daemon.WriteJSON(w, http.StatusOK, info(d))
+	})
+	mux.HandleFunc("DELETE /v1/devices/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := m.Remove(r.Context(), r.PathValue("name")); err != nil {
+			apiError(w, err)
+			return
+		}
+		daemon.WriteJSON(w, http.StatusOK, map[string]string{"removed": r.PathValue("name")})
+	})
+	mux.HandleFunc("GET /v1/devices/{name}/stats", func(w http.ResponseWriter, r *http.Request) {
+		d, err := m.Find(r.PathValue("name"))
+		if err != nil {
+			daemon.WriteError(w, http.StatusNotFound, err, "rbdctl -l lists the devices")
+			return
+		}
+		daemon.WriteJSON(w, http.StatusOK, map[string]any{"device": info(d), "stats": d.Stats.Snapshot()})
+	})
+	return mux
+}

@@ -1,0 +1,279 @@
+// Command rbdt is the rbd target daemon: it exports block devices and image
+// files to rbd initiators over RDMA (see rbdt(8) and docs/protocol.md).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/pelletier/go-toml/v2"
+	"github.com/spf13/cobra"
+
+	"rbd/internal/daemon"
+	"rbd/internal/stats"
+	"rbd/internal/target"
+	"rbd/internal/wire"
+)
+
+// DefaultMetricsPort is rbdt's documented Prometheus port (--metrics-addr :9465).
+const DefaultMetricsPort = 9465
+
+// DefaultControl is rbdt's control socket.
+const DefaultControl = "/run/rbd/rbdt.sock"
+
+// fileConfig is /etc/rbd/rbdt.toml.
+type fileConfig struct {
+	Listen      []string              `toml:"listen"`
+	MetricsAddr string                `toml:"metrics_addr"`
+	Control     string                `toml:"control_socket"`
+	LogLevel    string                `toml:"log_level"`
+	QueueDepth  int                   `toml:"queue_depth"`
+	SlotSize    int                   `toml:"slot_size"`
+	Inline      *int                  `toml:"inline"`
+	MaxConns    int                   `toml:"max_connections"`
+	Export      []target.ExportConfig `toml:"export"`
+}
+
+type options struct {
+	config      string
+	listen      []string
+	exports     []string
+	metricsAddr string
+	control     string
+	logLevel    string
+	depth       int
+	slotSize    int
+	inline      int
+	maxConns    int
+}
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "rbdt:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCmd() *cobra.Command {
+	var o options
+	cmd := &cobra.Command{
+		Use:   "rbdt [--config FILE] [--listen ADDR[:PORT]]... [--export PATH[,ro][,shared]]...",
+		Short: "rbd target daemon: export block devices over RDMA",
+		Long: `rbdt exports block devices and image files to rbd initiators over RDMA
+(InfiniBand, RoCE or iWARP, through rdma_cm). Initiators name an export by its
+path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd, &o) },
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.config, "config", "c", "", "configuration file (TOML), e.g. /etc/rbd/rbdt.toml")
+	f.StringArrayVarP(&o.listen, "listen", "l", nil, "address to listen on, ADDR[:PORT] (default 0.0.0.0:65000; repeatable)")
+	f.StringArrayVarP(&o.exports, "export", "e", nil, "export PATH[,ro][,shared][,bs=N] (repeatable)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", fmt.Sprintf("serve Prometheus metrics on this address, e.g. :%d (off by default)", DefaultMetricsPort))
+	f.StringVar(&o.control, "control", DefaultControl, "control socket (rbdctl talks to it)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	f.IntVar(&o.depth, "queue-depth", target.DefaultQueueDepth, "most slots (requests in flight) granted per connection")
+	f.IntVar(&o.slotSize, "slot-size", target.DefaultSlotSize, "largest I/O per request in bytes (a multiple of 4096)")
+	f.IntVar(&o.inline, "inline", target.DefaultInline, "largest I/O carried inline in messages, bytes (-1: never)")
+	f.IntVar(&o.maxConns, "max-connections", target.DefaultMaxConns, "most connections served at once")
+	return cmd
+}
+
+func loadConfig(path string) (*fileConfig, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var fc fileConfig
+	dec := toml.NewDecoder(f).DisallowUnknownFields()
+	if err := dec.Decode(&fc); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return nil, fmt.Errorf("%s:%d:%d: %v", path, row, col, de)
+		}
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return nil, fmt.Errorf("%s: %s", path, sm.String())
+		}
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return &fc, nil
+}
+
+// buildConfig merges the file and the flags (flags win) into a target.Config.
+func buildConfig(cmd *cobra.Command, o *options) (target.Config, string, string, string, error) {
+	var cfg target.Config
+	metrics, control, level := o.metricsAddr, o.control, o.logLevel
+	listen := o.listen
+	if o.config != "" {
+		fc, err := loadConfig(o.config)
+		if err != nil {
+			return cfg, "", "", "", err
+		}
+		if len(listen) == 0 {
+			listen = fc.Listen
+		}
+		cfg.Exports = append(cfg.Exports, fc.Export...)
+		set := func(name string) bool { return cmd.Flags().Changed(name) }
+		if !set("metrics-addr") && fc.MetricsAddr != "" {
+			metrics = fc.MetricsAddr
+		}
+		if !set("control") && fc.Control != "" {
+			control = fc.Control
+		}
+		if !set("log-level") && fc.LogLevel != "" {
+			level = fc.LogLevel
+		}
+		if !set("queue-depth") && fc.QueueDepth != 0 {
+			o.depth = fc.QueueDepth
+		}
+		if !set("slot-size") && fc.SlotSize != 0 {
+			o.slotSize = fc.SlotSize
+		}
+		if !set("inline") && fc.Inline != nil {
+			o.inline = *fc.Inline
+		}
+		if !set("max-connections") && fc.MaxConns != 0 {
+			o.maxConns = fc.MaxConns
+		}
+	}
+	for _, e := range o.exports {
+		ec, err := target.ParseExport(e)
+		if err != nil {
+			return cfg, "", "", "", err
+		}
+		cfg.Exports = append(cfg.Exports, ec)
+	}
+	if len(cfg.Exports) == 0 {
+		return cfg, "", "", "", errors.New("nothing to export: give --export PATH or [[export]] in the configuration file")
+	}
+	if len(listen) == 0 {
+		listen = []string{"0.0.0.0"}
+	}
+	for _, l := range listen {
+		ap, err := daemon.Resolve(context.Background(), l, wire.DefaultPort)
+		if err != nil {
+			return cfg, "", "", "", fmt.Errorf("listen address: %w", err)
+		}
+		cfg.Listen = append(cfg.Listen, ap)
+	}
+	cfg.MaxQueueDepth, cfg.MaxSlotSize, cfg.MaxConns = o.depth, o.slotSize, o.maxConns
+	cfg.MaxInline = o.inline
+	if o.inline == 0 {
+		cfg.MaxInline = -1
+	}
+	return cfg, metrics, control, level, nil
+}
+
+func run(cmd *cobra.Command, o *options) error {
+	cfg, metricsAddr, control, level, err := buildConfig(cmd, o)
+	if err != nil {
+		return err
+	}
+	log, err := daemon.Logger(level)
+	if err != nil {
+		return err
+	}
+	cfg.Log = log
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	coll := stats.NewCollector(stats.RoleTarget, "path", "read_only")
+	srv, err := target.NewServer(cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	for _, e := range srv.Exports() {
+		key := "export:" + e.Name()
+		coll.Add(key, stats.Labels{Export: e.Name()}, e.Stats)
+	}
+	srv.OnSession = func(s target.SessionInfo, up bool) {
+		key := "session:" + s.ID
+		if up {
+			coll.Add(key, stats.Labels{Export: s.Export, Session: s.ID}, s.Stats)
+		} else {
+			coll.Remove(key)
+		}
+	}
+	ctl, err := daemon.ListenControl(control)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(control)
+	go daemon.ServeControl(ctx, ctl, controlHandler(srv, coll))
+	if metricsAddr != "" {
+		reg := stats.NewRegistry(coll)
+		errc := make(chan error, 1)
+		go func() { errc <- stats.Serve(ctx, metricsAddr, stats.Handler(reg)) }()
+		select {
+		case err := <-errc:
+			if err != nil {
+				return fmt.Errorf("metrics: %w", err)
+			}
+		default:
+		}
+		log.Info("metrics", "addr", metricsAddr)
+	}
+	if err := srv.Listen(); err != nil {
+		return fmt.Errorf("%w (is the RDMA device up, e.g. rdma link add rxe0 type rxe netdev IFACE?)", err)
+	}
+	daemon.Notify("READY=1\nSTATUS=serving " + fmt.Sprint(len(cfg.Exports)) + " export(s)")
+	go daemon.Watchdog(ctx, nil)
+	err = srv.Serve(ctx)
+	daemon.Notify("STOPPING=1")
+	log.Info("stopped")
+	return err
+}
+
+// Status is what GET /v1/status answers.
+type Status struct {
+	Role     string               `json:"role"`
+	Listen   []netip.AddrPort     `json:"listen"`
+	Exports  []ExportStatus       `json:"exports"`
+	Sessions []target.SessionInfo `json:"sessions"`
+}
+
+// ExportStatus describes an export.
+type ExportStatus struct {
+	Name     string `json:"name"`
+	ReadOnly bool   `json:"read_only"`
+	Shared   bool   `json:"shared"`
+}
+
+func controlHandler(srv *target.Server, coll *stats.Collector) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st := Status{Role: "target", Listen: srv.Addrs(), Sessions: srv.Sessions()}
+		for _, e := range srv.Exports() {
+			c := e.Config()
+			st.Exports = append(st.Exports, ExportStatus{Name: e.Name(), ReadOnly: c.ReadOnly, Shared: c.Shared})
+		}
+		daemon.WriteJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		name := r.URL.Query().Get("export")
+		var out []stats.Entry
+		for _, e := range coll.Entries() {
+			if name == "" || e.Labels.Export == name {
+				out = append(out, e)
+			}
+		}
+		if name != "" && len(out) == 0 {
+			daemon.WriteError(w, http.StatusNotFound, fmt.Errorf("no export %s on this target", name), "rbdctl -l lists the exports")
+			return
+		}
+		daemon.WriteJSON(w, http.StatusOK, out)
+	})
+	return mux
+}

@@ -1,0 +1,484 @@
+package initiator
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"rbd/internal/client"
+	"rbd/internal/daemon"
+	"rbd/internal/nbd"
+	"rbd/internal/stats"
+	"rbd/internal/wire"
+)
+
+// Config are the manager's defaults and environment.
+type Config struct {
+	Queues     int // RDMA connections (and NBD sockets) per device; default one per CPU up to 4
+	QueueDepth int // requests in flight per queue (default 128)
+	MaxIO      int // slot size asked for (default 256 KiB)
+	Inline     int // inline I/O asked for (default 4096; -1: none)
+	// Timeout is the kernel's per-request timeout (NBD_ATTR_TIMEOUT).
+	Timeout time.Duration
+	// DeadConnTimeout lets I/O wait this long for a new connection when all
+	// have died, instead of failing at once (NBD_ATTR_DEAD_CONN_TIMEOUT).
+	DeadConnTimeout time.Duration
+	DevDir          string // where rbdiN links go (default /dev)
+	Log             *slog.Logger
+	Collector       *stats.Collector
+	Sysfs           nbd.Sysfs
+}
+
+// Defaults.
+const (
+	DefaultTimeout = 60 * time.Second
+	maxBlockSize   = 4096 // the kernel NBD driver's largest block size (a page)
+)
+
+// Manager owns the initiator's devices. Its methods are safe for concurrent use.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+
+	mu      sync.Mutex
+	devices map[int]*Device
+	adding  map[int]bool // numbers being set up
+	closed  bool
+}
+
+// NewManager makes a device manager.
+func NewManager(cfg Config) *Manager {
+	if cfg.Queues <= 0 {
+		cfg.Queues = min(runtime.NumCPU(), 4)
+	}
+	if cfg.QueueDepth <= 0 {
+		cfg.QueueDepth = client.DefaultDepth
+	}
+	if cfg.MaxIO <= 0 {
+		cfg.MaxIO = client.DefaultMaxIO
+	}
+	if cfg.Inline == 0 {
+		cfg.Inline = client.DefaultInline
+	} else if cfg.Inline < 0 {
+		cfg.Inline = 0
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.DevDir == "" {
+		cfg.DevDir = "/dev"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Manager{cfg: cfg, log: cfg.Log, devices: map[int]*Device{}, adding: map[int]bool{}}
+}
+
+// AddRequest asks for a new device.
+type AddRequest struct {
+	Target   string `json:"target"` // address or name, with an optional :port
+	Port     uint16 `json:"port,omitempty"`
+	Export   string `json:"export"` // the device's path on the target
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Queues   int    `json:"queues,omitempty"`
+}
+
+// Error is a failure a person can act on: what went wrong and what to do.
+type Error struct {
+	Msg  string
+	Hint string
+	Err  error
+}
+
+func (e *Error) Error() string { return e.Msg }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Add connects to the target, opens the export and creates the device.
+func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
+	if req.Export == "" {
+		return nil, &Error{Msg: "no target device given", Hint: "name the device on the target with -d, e.g. -d /dev/ram0"}
+	}
+	port := req.Port
+	if port == 0 {
+		port = wire.DefaultPort
+	}
+	queues := req.Queues
+	if queues <= 0 {
+		queues = m.cfg.Queues
+	}
+	if queues > 64 {
+		return nil, &Error{Msg: fmt.Sprintf("%d queues: at most 64", queues)}
+	}
+	nl, err := nbd.Dial()
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, &Error{Msg: "the kernel's nbd module is not loaded", Hint: "load it: modprobe nbd (and add nbd to /etc/modules-load.d/)", Err: err}
+		}
+		return nil, &Error{Msg: "kernel NBD interface: " + err.Error(), Err: err}
+	}
+	defer nl.Close()
+	to, err := daemon.Resolve(ctx, req.Target, port)
+	if err != nil {
+		var re *daemon.ResolveError
+		if errors.As(err, &re) {
+			return nil, &Error{Msg: fmt.Sprintf("target name %s does not resolve", re.Name), Hint: "check the name, or give the target's IP address", Err: err}
+		}
+		return nil, &Error{Msg: err.Error(), Err: err}
+	}
+	iface, rdev, err := checkRoute(to.Addr())
+	if err != nil {
+		var re *RouteError
+		if errors.As(err, &re) {
+			return nil, &Error{Msg: re.Reason, Hint: re.Hint, Err: err}
+		}
+		return nil, err
+	}
+	num, err := m.reserveNumber()
+	if err != nil {
+		return nil, err
+	}
+	defer m.unreserve(num)
+	d := &Device{Num: num, TargetName: req.Target, Target: to, Export: req.Export, Since: time.Now(), Stats: stats.NewCounters()}
+	d.log = m.log.With("device", d.Name(), "target", to, "export", req.Export)
+	d.state.Store(StateConnecting)
+	d.ctx, d.stop = context.WithCancel(context.Background())
+	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: d.log, Stats: d.Stats,
+		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline}}
+	sess, err := client.Dial(ctx, ccfg)
+	if err == nil && queues > 1 && sess.Export.Caps&wire.CapMultiConn == 0 {
+		// without cross-queue flush visibility the kernel must use one socket
+		sess.Close()
+		ccfg.Queues = 1
+		sess, err = client.Dial(ctx, ccfg)
+	}
+	if err != nil {
+		d.stop()
+		return nil, addError(err, to, req.Export)
+	}
+	d.sess = sess
+	d.ReadOnly = sess.Export.Caps&wire.CapReadOnly != 0
+	if bs := sess.Export.LogicalBlockSize; bs > maxBlockSize {
+		sess.Close()
+		d.stop()
+		return nil, &Error{Msg: fmt.Sprintf("export %s has %d-byte blocks; the kernel's NBD driver takes at most %d", req.Export, bs, maxBlockSize)}
+	}
+	if err := m.connectNBD(nl, d); err != nil {
+		sess.Close()
+		d.stop()
+		return nil, err
+	}
+	if err := m.link(d); err != nil {
+		m.teardown(d)
+		return nil, err
+	}
+	d.state.Store(StateConnected)
+	m.mu.Lock()
+	m.devices[num] = d
+	m.mu.Unlock()
+	if c := m.cfg.Collector; c != nil {
+		l := stats.Labels{Device: d.Name(), Target: to.String(), Export: req.Export}
+		c.Add(d.Name(), l, d.Stats)
+		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface})
+	}
+	go m.watch(d)
+	d.log.Info("device added", "nbd", d.NBDPath(), "size", sess.Export.Size, "block_size", sess.Export.LogicalBlockSize,
+		"queues", len(sess.Queues()), "slot_size", sess.Queues()[0].SlotSize(), "rdma_device", rdev, "read_only", d.ReadOnly)
+	return d, nil
+}
+
+func addError(err error, to netip.AddrPort, export string) error {
+	var ee *client.ExportError
+	if errors.As(err, &ee) {
+		switch ee.Status {
+		case wire.StatusNoEnt, wire.StatusPerm:
+			return &Error{Msg: fmt.Sprintf("export %s is not offered by target %s: %s", export, to, ee.Message), Hint: "rbdctl -l on the target lists its exports; check rbdt's --export or /etc/rbd/rbdt.toml", Err: err}
+		case wire.StatusBusy:
+			return &Error{Msg: fmt.Sprintf("export %s on %s is busy: %s", export, to, ee.Message), Hint: "remove it from the other initiator first, or map it read-only", Err: err}
+		}
+		return &Error{Msg: ee.Error(), Err: err}
+	}
+	var te *client.TargetError
+	if errors.As(err, &te) {
+		return &Error{Msg: te.Reason, Err: err}
+	}
+	return &Error{Msg: fmt.Sprintf("connecting to %s: %v", to, err), Err: err}
+}
+
+// connectNBD creates the kernel device: one socketpair per queue, served
+// before the kernel sees them.
+func (m *Manager) connectNBD(nl *nbd.Client, d *Device) error {
+	qs := d.sess.Queues()
+	var kernel []*os.File
+	defer func() {
+		for _, f := range kernel {
+			f.Close()
+		}
+	}()
+	for _, q := range qs {
+		kf, conn, err := nbd.NewSocketPair(nil)
+		if err != nil {
+			for _, c := range d.conns {
+				c.Close()
+			}
+			return err
+		}
+		kernel = append(kernel, kf)
+		d.conns = append(d.conns, conn)
+		d.wg.Add(1)
+		go d.serve(conn, q)
+	}
+	ex := d.sess.Export
+	flags := uint64(nbd.FlagHasFlags | nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendWriteZeroes)
+	if ex.Caps&wire.CapTrim != 0 {
+		flags |= nbd.FlagSendTrim
+	}
+	if ex.Caps&wire.CapReadOnly != 0 {
+		flags |= nbd.FlagReadOnly
+	}
+	if ex.Caps&wire.CapRotational != 0 {
+		flags |= nbd.FlagRotational
+	}
+	if ex.Caps&wire.CapMultiConn != 0 {
+		flags |= nbd.FlagCanMultiConn
+	}
+	idx, err := nl.Connect(nbd.ConnectConfig{Sockets: kernel, SizeBytes: ex.Size, BlockSize: uint64(ex.LogicalBlockSize),
+		Timeout: m.cfg.Timeout, DeadConnTimeout: m.cfg.DeadConnTimeout, ServerFlags: flags,
+		BackendIdentifier: fmt.Sprintf("rbd:%s:%s", d.Target, d.Export)})
+	if err != nil {
+		for _, c := range d.conns {
+			c.Close()
+		}
+		d.wg.Wait()
+		return &Error{Msg: "creating the NBD device: " + err.Error(), Err: err}
+	}
+	d.Index = idx
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.cfg.Sysfs.WaitForDevice(ctx, idx, ex.Size); err != nil {
+		d.log.Warn("device size not seen in sysfs", "err", err)
+	}
+	if err := m.cfg.Sysfs.SetScheduler(idx, "none"); err != nil {
+		d.log.Debug("scheduler", "err", err)
+	}
+	kb := uint32(d.sess.Queues()[0].SlotSize() / 1024)
+	if got, err := m.cfg.Sysfs.SetMaxSectorsKB(idx, kb); err != nil {
+		d.log.Warn("max_sectors_kb", "want", kb, "err", err)
+	} else if got < kb {
+		d.log.Info("max_sectors_kb limited by the kernel", "want", kb, "got", got)
+	}
+	return nil
+}
+
+// reserveNumber picks the lowest free N for /dev/rbdiN.
+func (m *Manager) reserveNumber() (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return 0, &Error{Msg: "rbdi is shutting down"}
+	}
+	for n := 0; n < 1<<16; n++ {
+		if m.devices[n] != nil || m.adding[n] {
+			continue
+		}
+		if _, err := os.Lstat(filepath.Join(m.cfg.DevDir, "rbdi"+strconv.Itoa(n))); err == nil {
+			continue // a stale link, or someone else's
+		}
+		m.adding[n] = true
+		return n, nil
+	}
+	return 0, &Error{Msg: "no free rbdi number"}
+}
+
+func (m *Manager) unreserve(n int) {
+	m.mu.Lock()
+	delete(m.adding, n)
+	m.mu.Unlock()
+}
+
+func (m *Manager) link(d *Device) error {
+	p := filepath.Join(m.cfg.DevDir, d.Name())
+	if err := os.Symlink(filepath.Base(d.NBDPath()), p); err != nil {
+		return &Error{Msg: fmt.Sprintf("creating %s: %v", p, err), Err: err}
+	}
+	return nil
+}
+
+// watch marks the device failed when a queue's connection dies.
+func (m *Manager) watch(d *Device) {
+	qs := d.sess.Queues()
+	cases := make(chan *client.Queue, len(qs))
+	for _, q := range qs {
+		go func() {
+			select {
+			case <-q.Done():
+				cases <- q
+			case <-d.ctx.Done():
+			}
+		}()
+	}
+	select {
+	case q := <-cases:
+		if d.ctx.Err() != nil {
+			return
+		}
+		_, why := q.Dead()
+		d.why.Store(why)
+		d.state.Store(StateFailed)
+		d.log.Error("connection to the target lost; I/O to the device now fails", "queue", q.Index(), "reason", why)
+	case <-d.ctx.Done():
+	}
+}
+
+// Find returns the device called name: rbdiN, /dev/rbdiN or /dev/nbdX.
+func (m *Manager) Find(name string) (*Device, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	base := filepath.Base(name)
+	for _, d := range m.devices {
+		if d.Name() == base || filepath.Base(d.NBDPath()) == base {
+			return d, nil
+		}
+	}
+	return nil, &Error{Msg: fmt.Sprintf("no rbd device %s", name), Hint: "rbdctl -l lists the devices"}
+}
+
+// List returns the devices by number.
+func (m *Manager) List() []*Device {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Device, 0, len(m.devices))
+	for _, d := range m.devices {
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Num < out[j].Num })
+	return out
+}
+
+// Session is the device's RDMA session.
+func (d *Device) Session() *client.Session { return d.sess }
+
+// Remove flushes, disconnects and frees a device. A device in use (mounted,
+// or held by device-mapper or md) is refused.
+func (m *Manager) Remove(ctx context.Context, name string) error {
+	d, err := m.Find(name)
+	if err != nil {
+		return err
+	}
+	if where := inUse(d.NBDPath(), filepath.Base(d.NBDPath())); where != "" {
+		return &Error{Msg: fmt.Sprintf("%s is in use: %s", d.Path(), where), Hint: "unmount it (or stop what holds it) first"}
+	}
+	m.mu.Lock()
+	if m.devices[d.Num] != d {
+		m.mu.Unlock()
+		return &Error{Msg: fmt.Sprintf("%s is being removed already", d.Path())}
+	}
+	delete(m.devices, d.Num)
+	m.mu.Unlock()
+	d.state.Store(StateRemoving)
+	// flush what the page cache holds, and the target's cache with it
+	if st, _ := d.State(); st != StateFailed {
+		if f, err := os.OpenFile(d.NBDPath(), os.O_RDONLY, 0); err == nil {
+			if err := f.Sync(); err != nil {
+				d.log.Warn("flush before removal", "err", err)
+			}
+			f.Close()
+		}
+	}
+	m.teardown(d)
+	d.log.Info("device removed")
+	return nil
+}
+
+// teardown disconnects the kernel device and the session and frees the name.
+func (m *Manager) teardown(d *Device) {
+	if nl, err := nbd.Dial(); err == nil {
+		if err := nl.Disconnect(d.Index); err != nil {
+			d.log.Warn("NBD disconnect", "err", err)
+		}
+		nl.Close()
+	}
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		d.log.Warn("NBD sockets still open after disconnect; closing them")
+	}
+	d.stop()
+	for _, c := range d.conns {
+		c.Close()
+	}
+	d.wg.Wait()
+	d.sess.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	m.cfg.Sysfs.WaitForDisconnect(ctx, d.Index)
+	cancel()
+	os.Remove(filepath.Join(m.cfg.DevDir, d.Name()))
+	if c := m.cfg.Collector; c != nil {
+		c.Remove(d.Name())
+	}
+}
+
+// Close removes every device (flushing each), as on daemon shutdown.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	m.closed = true
+	m.mu.Unlock()
+	for _, d := range m.List() {
+		if err := m.Remove(context.Background(), d.Name()); err != nil {
+			d.log.Warn("left in place at shutdown", "err", err)
+		}
+	}
+}
+
+// inUse says where the block device (or a partition of it) is mounted or who
+// holds it; "" when free.
+func inUse(devPath, base string) string {
+	var st unix.Stat_t
+	if err := unix.Stat(devPath, &st); err != nil {
+		return ""
+	}
+	devs := map[string]bool{fmt.Sprintf("%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev)): true}
+	parts, _ := filepath.Glob("/sys/block/" + base + "/" + base + "p*/dev")
+	for _, p := range parts {
+		if b, err := os.ReadFile(p); err == nil {
+			devs[strings.TrimSpace(string(b))] = true
+		}
+	}
+	if f, err := os.Open("/proc/self/mountinfo"); err == nil {
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) >= 5 && devs[fields[2]] {
+				return "mounted on " + fields[4]
+			}
+		}
+	}
+	if hs, _ := os.ReadDir("/sys/block/" + base + "/holders"); len(hs) > 0 {
+		return "held by " + hs[0].Name()
+	}
+	// an exclusive opener (a filesystem mounted in another namespace, swap, a VM)
+	fd, err := unix.Open(devPath, unix.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	if errors.Is(err, syscall.EBUSY) {
+		return "open exclusively by another program"
+	}
+	if err == nil {
+		unix.Close(fd)
+	}
+	return ""
+}
