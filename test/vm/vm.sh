@@ -14,6 +14,7 @@
 # Env: VM_MEM (4G) VM_SMP (2) VM_TIMEOUT (3600 s, whole guest) VM_ACCEL (tcg|kvm)
 #      VM_ENV="NAME..." extra variables to pass in   VM_KEEP=1 keep the session folder
 #      VM_CONSOLE=1 echo the kernel console to stderr   RBD_VM_SETUP=0 skip guest-setup.sh in `run`
+#      VM_BOOT_TIMEOUT (600 s: TCG boots slowly when other guests share the cores)
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${RBD_VM_CACHE:-$HERE/cache}
@@ -68,7 +69,7 @@ AGENT
   echo $! > "$out/qemu.pid"
   [ "${VM_CONSOLE:-0}" = 1 ] && { tail -n +1 -f --pid="$(cat "$out/qemu.pid")" "$out/console.log" >&2 & }
   local i
-  for i in $(seq 1 1200); do
+  for i in $(seq 1 $(( ${VM_BOOT_TIMEOUT:-600} * 10 ))); do
     [ -e "$out/ready" ] && { echo "$out"; return 0; }
     alive "$out" || break
     sleep 0.1
@@ -145,5 +146,5 @@ case $cmd in
     stop "$out" || true
     printf 'vm: rc=%s wall=%.1fs\n' "$rc" "$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN{print b-a}')" >&2
     exit "$rc" ;;
-  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  *) sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -1,0 +1,551 @@
+// Command verbsbench measures RDMA WRITE and RDMA READ throughput through
+// rbd's internal/verbs, the way perftest's ib_write_bw / ib_read_bw do with
+// -R (rdma_cm), -q 1 and -D (duration), so that the two can be compared on
+// the same device (bench/verbs.sh runs both in the guest).
+//
+// It runs as two processes, like perftest:
+//
+//	verbsbench -role server -addr 10.77.0.1:18600
+//	verbsbench -role client -addr 10.77.0.1:18600 -op write -size 4096 -qd 32 -duration 5s
+//
+// The server listens, accepts one connection, registers a buffer with remote
+// read and write access and hands its address and rkey to the client in the
+// accept's private data; then it only waits for the disconnect (the passive
+// side of RDMA WRITE/READ does no work in user space). The client keeps -qd
+// work requests of -size bytes in flight: it posts them as chains (one
+// ibv_post_send per refill), signals the last work request of every group of
+// -signal (a completion then credits the whole group) and reaps completions in
+// batches of up to 64 per ibv_poll_cq. -role both runs the two sides as
+// goroutines of one process (handy for a quick check; the benchmark uses two).
+//
+// Timing follows perftest's duration mode: the first and last -margin
+// (default duration/4, perftest's default) are not counted; bandwidth is the
+// bytes of the work requests completed in between over that time, in MB/s
+// with perftest's MB = 2^20 bytes. The result is one JSON line on stdout.
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"rbd/internal/verbs"
+)
+
+type config struct {
+	role     string
+	addr     netip.AddrPort
+	op       string
+	size     int
+	qd       int
+	signal   int
+	slots    int
+	duration time.Duration
+	margin   time.Duration
+	poll     string
+	spin     int
+	verify   bool
+	timeout  time.Duration
+	cpuprof  string
+}
+
+// Result is the JSON line verbsbench prints.
+type Result struct {
+	Tool      string  `json:"tool"`
+	Role      string  `json:"role"`
+	Op        string  `json:"op,omitempty"`
+	Device    string  `json:"device,omitempty"`
+	Transport string  `json:"transport,omitempty"`
+	Addr      string  `json:"addr"`
+	Size      int     `json:"size,omitempty"`
+	QD        int     `json:"qd,omitempty"`
+	Signal    int     `json:"signal_every,omitempty"`
+	Slots     int     `json:"slots,omitempty"`
+	Poll      string  `json:"poll,omitempty"`
+	ReadDepth int     `json:"read_depth,omitempty"`
+	Duration  float64 `json:"duration_s,omitempty"`
+	Measured  float64 `json:"measured_s,omitempty"`
+	Ops       uint64  `json:"ops,omitempty"`
+	Bytes     uint64  `json:"bytes,omitempty"`
+	MBps      float64 `json:"mb_s"` // MB = 2^20 bytes, as perftest
+	OpsPerSec float64 `json:"ops_s"`
+	TotalOps  uint64  `json:"total_ops,omitempty"`
+	Posts     uint64  `json:"post_calls,omitempty"`
+	Polls     uint64  `json:"poll_calls,omitempty"`
+	EmptyPoll uint64  `json:"empty_polls,omitempty"`
+	CQWaits   uint64  `json:"cq_waits,omitempty"`
+	UserCPU   float64 `json:"user_cpu_s,omitempty"`
+	SysCPU    float64 `json:"sys_cpu_s,omitempty"`
+	Verified  bool    `json:"verified,omitempty"`
+	Error     string  `json:"error,omitempty"`
+}
+
+func main() {
+	var c config
+	var addr string
+	flag.StringVar(&c.role, "role", "client", "server, client or both (two goroutines in one process)")
+	flag.StringVar(&addr, "addr", "10.77.0.1:18600", "the server's rdma_cm address (it picks the device)")
+	flag.StringVar(&c.op, "op", "write", "write or read")
+	flag.IntVar(&c.size, "size", 4096, "bytes per work request")
+	flag.IntVar(&c.qd, "qd", 32, "work requests kept in flight")
+	flag.IntVar(&c.signal, "signal", 0, "signal every Nth work request (0: qd/4); qd must be a multiple")
+	flag.IntVar(&c.slots, "slots", 1, "distinct size-byte buffers the work requests cycle through, locally and remotely (perftest: 1)")
+	flag.DurationVar(&c.duration, "duration", 5*time.Second, "length of the run")
+	flag.DurationVar(&c.margin, "margin", -1, "time not measured at the start and at the end (default duration/4, as perftest)")
+	flag.StringVar(&c.poll, "poll", "busy", "busy: spin on ibv_poll_cq like perftest; event: CQ.Wait (park on the completion channel when empty)")
+	flag.IntVar(&c.spin, "spin", 0, "with -poll event: empty polls before parking")
+	flag.BoolVar(&c.verify, "verify", true, "client: check with one WRITE and one READ that data arrives before measuring")
+	flag.DurationVar(&c.timeout, "timeout", 30*time.Second, "connection setup timeout (the client retries while nothing listens)")
+	flag.StringVar(&c.cpuprof, "cpuprofile", "", "client: write a CPU profile of the measured run")
+	flag.Parse()
+	var err error
+	if c.addr, err = netip.ParseAddrPort(addr); err != nil {
+		fatal(fmt.Errorf("-addr: %w", err))
+	}
+	if c.margin < 0 {
+		c.margin = c.duration / 4
+	}
+	if c.signal == 0 {
+		c.signal = max(c.qd/4, 1)
+	}
+	switch {
+	case c.op != "write" && c.op != "read":
+		err = fmt.Errorf("-op %q: write or read", c.op)
+	case c.size <= 0 || c.qd <= 0 || c.slots <= 0:
+		err = errors.New("-size, -qd and -slots must be positive")
+	case c.signal < 1 || c.signal > c.qd || c.qd%c.signal != 0:
+		err = fmt.Errorf("-signal %d must divide -qd %d", c.signal, c.qd)
+	case c.qd > 1024:
+		err = errors.New("-qd at most 1024")
+	case c.poll != "busy" && c.poll != "event":
+		err = fmt.Errorf("-poll %q: busy or event", c.poll)
+	case 2*c.margin >= c.duration:
+		err = errors.New("-margin must be less than half of -duration")
+	}
+	if err != nil {
+		fatal(err)
+	}
+
+	var res Result
+	switch c.role {
+	case "server":
+		res, err = server(c, nil)
+	case "client":
+		res, err = client(c)
+	case "both":
+		ready := make(chan netip.AddrPort, 1)
+		srv := make(chan error, 1)
+		go func() { _, err := server(c, ready); srv <- err }()
+		select {
+		case c.addr = <-ready:
+		case err := <-srv:
+			fatal(err)
+		}
+		res, err = client(c)
+		if e := <-srv; err == nil && e != nil {
+			err = fmt.Errorf("server: %w", e)
+		}
+	default:
+		err = fmt.Errorf("-role %q: server, client or both", c.role)
+	}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	out(res)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "verbsbench:", err)
+		os.Exit(1)
+	}
+}
+
+func out(r Result) {
+	r.Tool = "verbsbench"
+	b, _ := json.Marshal(r)
+	fmt.Println(string(b))
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "verbsbench:", err)
+	os.Exit(2)
+}
+
+// The accept's private data: the server's buffer.
+const helloMagic = "VBENCH1"
+
+type remoteBuf struct {
+	addr uint64
+	rkey uint32
+	len  uint32
+}
+
+func (r remoteBuf) marshal() []byte {
+	b := make([]byte, 16)
+	binary.LittleEndian.PutUint64(b, r.addr)
+	binary.LittleEndian.PutUint32(b[8:], r.rkey)
+	binary.LittleEndian.PutUint32(b[12:], r.len)
+	return b
+}
+
+func parseRemote(b []byte) (remoteBuf, error) {
+	if len(b) < 16 {
+		return remoteBuf{}, fmt.Errorf("accept private data too short (%d bytes)", len(b))
+	}
+	return remoteBuf{binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint32(b[8:]), binary.LittleEndian.Uint32(b[12:])}, nil
+}
+
+func caps(qd int) verbs.QPCaps {
+	return verbs.QPCaps{MaxSendWR: qd, MaxRecvWR: 1, MaxSendSGE: 1, MaxRecvSGE: 1}
+}
+
+// server accepts one connection, lends it a buffer and waits for its end.
+func server(c config, ready chan<- netip.AddrPort) (Result, error) {
+	res := Result{Role: "server", Addr: c.addr.String()}
+	ln, err := verbs.Listen(c.addr, 4)
+	if err != nil {
+		return res, err
+	}
+	defer ln.Close()
+	if ready != nil {
+		ready <- ln.Addr()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	var req *verbs.ConnRequest
+	for {
+		if req, err = ln.Accept(ctx); err != nil {
+			return res, fmt.Errorf("accept: %w", err)
+		}
+		if string(req.PrivateData[:min(len(req.PrivateData), len(helloMagic))]) == helloMagic {
+			break
+		}
+		req.Reject([]byte("not verbsbench"))
+	}
+	ep, err := verbs.NewEndpoint(req.ID, verbs.EndpointConfig{QP: caps(1)})
+	if err != nil {
+		req.Reject(nil)
+		return res, err
+	}
+	defer ep.Close()
+	info, _ := ep.ID.Context().Info()
+	res.Device, res.Transport = info.Name, info.Transport.String()
+	buf, err := verbs.AllocBuffer(c.size * c.slots)
+	if err != nil {
+		return res, err
+	}
+	defer buf.Close()
+	mr, err := ep.Register(buf, verbs.AccessLocalWrite|verbs.AccessRemoteWrite|verbs.AccessRemoteRead)
+	if err != nil {
+		return res, err
+	}
+	pd := remoteBuf{addr: mr.Addr(), rkey: mr.RKey, len: uint32(buf.Len())}.marshal()
+	// the client's READ depth, within what this device serves
+	rd := req.ResponderResources
+	if m := info.Attr.MaxQPRdAtom; m > 0 && int(rd) > m {
+		rd = uint8(m)
+	}
+	if err := ep.ID.Accept(ctx, verbs.ConnParam{PrivateData: pd, ResponderResources: rd, InitiatorDepth: 0, RetryCount: 7, RNRRetryCount: 7}); err != nil {
+		return res, fmt.Errorf("accept: %w", err)
+	}
+	res.ReadDepth = int(rd)
+	// the run happens now; wait for the client to go
+	if err := ep.ID.WaitDisconnect(context.Background()); err != nil {
+		return res, err
+	}
+	return res, nil
+}
+
+// connect resolves and connects, retrying while nothing listens yet.
+func connect(ctx context.Context, c config, rd uint8) (*verbs.Endpoint, verbs.CMEvent, error) {
+	for {
+		id, err := verbs.Resolve(ctx, netip.AddrPort{}, c.addr)
+		if err != nil {
+			return nil, verbs.CMEvent{}, err
+		}
+		ep, err := verbs.NewEndpoint(id, verbs.EndpointConfig{QP: caps(c.qd), CQEntries: c.qd + 1})
+		if err != nil {
+			return nil, verbs.CMEvent{}, err
+		}
+		ev, err := ep.ID.Connect(ctx, verbs.ConnParam{PrivateData: []byte(helloMagic), ResponderResources: 0, InitiatorDepth: rd, RetryCount: 7, RNRRetryCount: 7})
+		if err == nil {
+			return ep, ev, nil
+		}
+		ep.Close()
+		var rej *verbs.RejectedError
+		if !errors.As(err, &rej) || !rej.NoListener() {
+			return nil, verbs.CMEvent{}, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, verbs.CMEvent{}, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// deviceFor finds the device rdma_cm will use for the address (to size the
+// READ depth before connecting).
+func deviceFor(ctx context.Context, addr netip.AddrPort) (verbs.DeviceInfo, error) {
+	id, err := verbs.Resolve(ctx, netip.AddrPort{}, addr)
+	if err != nil {
+		return verbs.DeviceInfo{}, err
+	}
+	defer id.Close()
+	return id.Context().Info()
+}
+
+func client(c config) (Result, error) {
+	res := Result{Role: "client", Op: c.op, Addr: c.addr.String(), Size: c.size, QD: c.qd, Signal: c.signal,
+		Slots: c.slots, Poll: c.poll, Duration: c.duration.Seconds()}
+	if c.poll == "event" && c.spin > 0 {
+		res.Poll = fmt.Sprintf("event+spin%d", c.spin)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	info, err := deviceFor(ctx, c.addr)
+	if err != nil {
+		return res, err
+	}
+	res.Device, res.Transport = info.Name, info.Transport.String()
+	// RDMA READs kept outstanding: as many as the queue depth, within the
+	// device's limit (perftest takes the device's limit too).
+	rd := min(c.qd, 255)
+	if m := info.Attr.MaxQPInitRdAtom; m > 0 {
+		rd = min(rd, m)
+	}
+	if c.op == "write" {
+		rd = 1 // for the verification's READ
+	}
+	ep, ev, err := connect(ctx, c, uint8(rd))
+	if err != nil {
+		return res, err
+	}
+	defer ep.Close()
+	if c.op == "read" {
+		// the server may have granted fewer
+		res.ReadDepth = rd
+		if ev.ResponderResources > 0 && int(ev.ResponderResources) < rd {
+			res.ReadDepth = int(ev.ResponderResources)
+		}
+	}
+	remote, err := parseRemote(ev.PrivateData)
+	if err != nil {
+		return res, err
+	}
+	if int(remote.len) < c.size*c.slots {
+		return res, fmt.Errorf("server buffer %d bytes, need %d", remote.len, c.size*c.slots)
+	}
+	// local buffer: the work requests' slots, plus one for the verification
+	buf, err := verbs.AllocBuffer(c.size * (c.slots + 1))
+	if err != nil {
+		return res, err
+	}
+	defer buf.Close()
+	mr, err := ep.Register(buf, verbs.AccessReadSink)
+	if err != nil {
+		return res, err
+	}
+	if c.verify {
+		if err := verify(ep, mr, remote, c.size, c.slots); err != nil {
+			return res, fmt.Errorf("verify: %w", err)
+		}
+		res.Verified = true
+	}
+	var stop func()
+	if c.cpuprof != "" {
+		f, err := os.Create(c.cpuprof)
+		if err != nil {
+			return res, err
+		}
+		pprof.StartCPUProfile(f)
+		stop = func() { pprof.StopCPUProfile(); f.Close() }
+	}
+	var ru0 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	st, err := run(ep, mr, remote, c)
+	var ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	if stop != nil {
+		stop()
+	}
+	res.Measured = st.measured.Seconds()
+	res.Ops = st.ops
+	res.Bytes = st.ops * uint64(c.size)
+	if st.measured > 0 {
+		res.MBps = float64(res.Bytes) / float64(1<<20) / st.measured.Seconds()
+		res.OpsPerSec = float64(st.ops) / st.measured.Seconds()
+	}
+	res.TotalOps, res.Posts, res.Polls, res.EmptyPoll = st.total, st.posts, st.polls, st.empty
+	res.CQWaits = ep.CQ.Waits()
+	tv := func(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+	res.UserCPU = tv(ru1.Utime) - tv(ru0.Utime)
+	res.SysCPU = tv(ru1.Stime) - tv(ru0.Stime)
+	if err == nil && st.ops == 0 {
+		err = errors.New("no work request completed in the measured time")
+	}
+	return res, err
+}
+
+// verify writes a pattern to the server and reads it back into another slot.
+func verify(ep *verbs.Endpoint, mr *verbs.MR, remote remoteBuf, size, slots int) error {
+	b := mr.Bytes()
+	src, back := b[:size], b[slots*size:(slots+1)*size]
+	for i := range src {
+		src[i] = byte(i*7 + 3)
+	}
+	clear(back)
+	w := verbs.SendWR{ID: 1, Op: verbs.OpRDMAWrite, Flags: verbs.Signaled, NumSGE: 1, RemoteAddr: remote.addr, RKey: remote.rkey}
+	w.SGE[0] = mr.SGE(0, size)
+	r := verbs.SendWR{ID: 1, Op: verbs.OpRDMARead, Flags: verbs.Signaled, NumSGE: 1, RemoteAddr: remote.addr, RKey: remote.rkey}
+	r.SGE[0] = mr.SGE(slots*size, size)
+	if _, err := ep.QP.PostSend([]verbs.SendWR{w, r}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	wcs := make([]verbs.WC, 4)
+	for got := 0; got < 2; {
+		n, err := ep.CQ.Wait(ctx, wcs)
+		if err != nil {
+			return err
+		}
+		for _, wc := range wcs[:n] {
+			if err := wc.Err(); err != nil {
+				return err
+			}
+		}
+		got += n
+	}
+	for i := range back {
+		if back[i] != src[i] {
+			return fmt.Errorf("byte %d read back as %#x, written %#x", i, back[i], src[i])
+		}
+	}
+	return nil
+}
+
+type stats struct {
+	measured            time.Duration
+	ops, total          uint64
+	posts, polls, empty uint64
+}
+
+// Phases of a run, advanced by timers (as perftest's SIGALRM).
+const (
+	phaseWarmup = iota
+	phaseSample
+	phaseCooldown
+	phaseStop
+)
+
+// run keeps c.qd work requests in flight for c.duration.
+func run(ep *verbs.Endpoint, mr *verbs.MR, remote remoteBuf, c config) (stats, error) {
+	var st stats
+	op := verbs.OpRDMAWrite
+	if c.op == "read" {
+		op = verbs.OpRDMARead
+	}
+	// A ring of prepared work requests: entry i uses slot i%slots on both
+	// sides; the last of every group of c.signal is signaled and its ID is the
+	// number of work requests its completion stands for.
+	ring := make([]verbs.SendWR, 2*c.qd)
+	for i := range ring {
+		s := i % c.slots
+		w := verbs.SendWR{Op: op, NumSGE: 1, RemoteAddr: remote.addr + uint64(s*c.size), RKey: remote.rkey}
+		w.SGE[0] = mr.SGE(s*c.size, c.size)
+		if (i+1)%c.signal == 0 {
+			w.Flags = verbs.Signaled
+			w.ID = uint64(c.signal)
+		}
+		ring[i] = w
+	}
+	var phase atomic.Int32
+	t1 := time.AfterFunc(c.margin, func() { phase.Store(phaseSample) })
+	t2 := time.AfterFunc(c.duration-c.margin, func() { phase.Store(phaseCooldown) })
+	t3 := time.AfterFunc(c.duration, func() { phase.Store(phaseStop) })
+	defer t1.Stop()
+	defer t2.Stop()
+	defer t3.Stop()
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	wcs := make([]verbs.WC, verbs.MaxChain)
+	cq, qp := ep.CQ, ep.QP
+	ctx := context.Background()
+	var (
+		inflight int // posted and not yet credited by a completion
+		next     int // ring position of the next post (always a group start)
+		done     uint64
+		seen     int32 = phaseWarmup
+		tStart   time.Time
+		oStart   uint64
+	)
+	for {
+		if p := phase.Load(); p != seen {
+			now := time.Now()
+			if seen < phaseSample && p >= phaseSample {
+				tStart, oStart = now, done
+			}
+			if seen < phaseCooldown && p >= phaseCooldown {
+				st.measured, st.ops = now.Sub(tStart), done-oStart
+			}
+			seen = p
+		}
+		if seen < phaseStop {
+			if free := c.qd - inflight; free >= c.signal {
+				n := free - free%c.signal
+				if next+n > len(ring) {
+					next = 0 // groups never straddle the ring's end: len(ring) = 2*qd
+				}
+				k, err := qp.PostSend(ring[next : next+n])
+				st.posts++
+				if err != nil {
+					return st, fmt.Errorf("post after %d work requests: %w", done, err)
+				}
+				inflight += k
+				next += k
+			}
+		} else if inflight == 0 {
+			st.total = done
+			return st, nil
+		}
+		var n int
+		var err error
+		if c.poll == "busy" {
+			n, err = cq.Poll(wcs)
+		} else {
+			for i := 0; i <= c.spin && n == 0 && err == nil; i++ {
+				if i == c.spin {
+					n, err = cq.Wait(ctx, wcs)
+				} else {
+					n, err = cq.Poll(wcs)
+				}
+			}
+		}
+		st.polls++
+		if err != nil {
+			return st, fmt.Errorf("poll after %d work requests: %w", done, err)
+		}
+		if n == 0 {
+			st.empty++
+			continue
+		}
+		for i := range wcs[:n] {
+			wc := &wcs[i]
+			if wc.Status != verbs.WCSuccess {
+				return st, fmt.Errorf("after %d work requests: %w", done, wc.Err())
+			}
+			inflight -= int(wc.ID)
+			done += wc.ID
+		}
+	}
+}
