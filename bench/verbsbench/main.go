@@ -7,6 +7,7 @@
 //
 //	verbsbench -role server -addr 10.77.0.1:18600
 //	verbsbench -role client -addr 10.77.0.1:18600 -op write -size 4096 -qd 32 -duration 5s
+//	verbsbench report -in runs.jsonl -md verbs.md -json verbs.json   (bench/verbs.sh's summary)
 //
 // The server listens, accepts one connection, registers a buffer with remote
 // read and write access and hands its address and rkey to the client in the
@@ -57,6 +58,7 @@ type config struct {
 	verify   bool
 	timeout  time.Duration
 	cpuprof  string
+	lock     bool
 }
 
 // Result is the JSON line verbsbench prints.
@@ -91,6 +93,12 @@ type Result struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "report" {
+		if err := report(os.Args[2:]); err != nil {
+			fatal(err)
+		}
+		return
+	}
 	var c config
 	var addr string
 	flag.StringVar(&c.role, "role", "client", "server, client or both (two goroutines in one process)")
@@ -106,6 +114,7 @@ func main() {
 	flag.IntVar(&c.spin, "spin", 0, "with -poll event: empty polls before parking")
 	flag.BoolVar(&c.verify, "verify", true, "client: check with one WRITE and one READ that data arrives before measuring")
 	flag.DurationVar(&c.timeout, "timeout", 30*time.Second, "connection setup timeout (the client retries while nothing listens)")
+	flag.BoolVar(&c.lock, "lockthread", false, "client: run the loop on a locked OS thread")
 	flag.StringVar(&c.cpuprof, "cpuprofile", "", "client: write a CPU profile of the measured run")
 	flag.Parse()
 	var err error
@@ -476,8 +485,10 @@ func run(ep *verbs.Endpoint, mr *verbs.MR, remote remoteBuf, c config) (stats, e
 	defer t2.Stop()
 	defer t3.Stop()
 
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	if c.lock {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	wcs := make([]verbs.WC, verbs.MaxChain)
 	cq, qp := ep.CQ, ep.QP
 	ctx := context.Background()

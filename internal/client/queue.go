@@ -285,6 +285,9 @@ func (s *Slot) Submit(op wire.Op, flags uint8, offset uint64, length uint32, don
 	}
 	if sop, ok := statOp(op); ok {
 		s.start = q.stats.Start(sop)
+		if op == wire.OpWrite && flags&wire.FlagFUA != 0 {
+			q.stats.AddFUAWrite()
+		}
 	}
 	hdr := q.msgMR.Bytes()[q.cmdOff(s.index):]
 	s.req.Encode(hdr)

@@ -90,11 +90,11 @@ func NewManager(cfg Config) *Manager {
 
 // AddRequest asks for a new device.
 type AddRequest struct {
-	Target   string `json:"target"` // address or name, with an optional :port
-	Port     uint16 `json:"port,omitempty"`
-	Export   string `json:"export"` // the device's path on the target
-	ReadOnly bool   `json:"read_only,omitempty"`
-	Queues   int    `json:"queues,omitempty"`
+	Target   string `json:"target" toml:"target"` // address or name, with an optional :port
+	Port     uint16 `json:"port,omitempty" toml:"port"`
+	Export   string `json:"export" toml:"export"` // the device's path on the target
+	ReadOnly bool   `json:"read_only,omitempty" toml:"read_only"`
+	Queues   int    `json:"queues,omitempty" toml:"queues"`
 }
 
 // Error is a failure a person can act on: what went wrong and what to do.
@@ -270,6 +270,11 @@ func (m *Manager) connectNBD(nl *nbd.Client, d *Device) error {
 	defer cancel()
 	if err := m.cfg.Sysfs.WaitForDevice(ctx, idx, ex.Size); err != nil {
 		d.log.Warn("device size not seen in sysfs", "err", err)
+	}
+	// The kernel scans a new disk's partition table at its first open: do it
+	// now, so partitions show up at once (not when a user first opens it).
+	if f, err := os.Open(d.NBDPath()); err == nil {
+		f.Close()
 	}
 	if err := m.cfg.Sysfs.SetScheduler(idx, "none"); err != nil {
 		d.log.Debug("scheduler", "err", err)

@@ -63,7 +63,7 @@ type Collector struct {
 	ops, bytes, errs          *prometheus.Desc
 	inflight, inflightMax     *prometheus.Desc
 	duration                  *prometheus.Desc
-	inline, stalls            *prometheus.Desc
+	inline, fua, stalls       *prometheus.Desc
 	cqWaits, cqPolled, reconn *prometheus.Desc
 	info, size                *prometheus.Desc
 
@@ -117,6 +117,7 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 	c.inflightMax = desc("rbd_inflight_requests_max", "Most block requests ever in flight at once.")
 	c.duration = desc("rbd_request_duration_seconds", "Latency of completed block requests, by op.", "op")
 	c.inline = desc("rbd_inline_ops_total", "Requests whose data travelled inline in the message instead of by RDMA, by op.", "op")
+	c.fua = desc("rbd_fua_writes_total", "Writes with forced unit access (stable before completion).")
 	c.stalls = desc("rbd_stalls_total", `Submissions that waited for a full send queue (reason="sq_full") or a free request slot (reason="no_slot").`, "reason")
 	c.cqWaits = desc("rbd_cq_waits_total", "Times the completion poller slept on the completion channel.")
 	c.cqPolled = desc("rbd_cq_polled_max", "Most completions returned by one poll.")
@@ -254,7 +255,7 @@ func (c *Collector) Entries() []Entry {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.started, c.completed, c.ops, c.bytes, c.errs, c.inflight, c.inflightMax,
-		c.duration, c.inline, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.info, c.size,
+		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.info, c.size,
 	} {
 		ch <- d
 	}
@@ -315,6 +316,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(c.inline, s.InlineReads, lv, OpRead.String())
 		counter(c.inline, s.InlineWrites, lv, OpWrite.String())
+		counter(c.fua, s.FUAWrites, lv)
 		counter(c.stalls, s.StallsSQFull, lv, "sq_full")
 		counter(c.stalls, s.StallsNoSlot, lv, "no_slot")
 		counter(c.cqWaits, s.CQWaits, lv)

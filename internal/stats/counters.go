@@ -108,6 +108,7 @@ type Counters struct {
 	// Written on the submission path, less often than per request.
 	inlineReads  atomic.Uint64
 	inlineWrites atomic.Uint64
+	fuaWrites    atomic.Uint64
 	stallSQFull  atomic.Uint64
 	stallNoSlot  atomic.Uint64
 	reconnects   atomic.Uint64
@@ -182,6 +183,10 @@ func (c *Counters) AddInlineRead() { c.inlineReads.Add(1) }
 // message instead of by RDMA READ (the ancestor's immd_writes). It is
 // lock-free and does not allocate.
 func (c *Counters) AddInlineWrite() { c.inlineWrites.Add(1) }
+
+// AddFUAWrite counts a write with forced unit access (on stable storage
+// before it completes).
+func (c *Counters) AddFUAWrite() { c.fuaWrites.Add(1) }
 
 // AddStallSQFull counts a submission that had to wait because the send queue
 // was full (the ancestor's stall_sq_full). It is lock-free and does not

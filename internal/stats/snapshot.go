@@ -19,6 +19,7 @@ type Snapshot struct {
 	Ops          [NumOps]OpStats `json:"ops"`
 	InlineReads  uint64          `json:"inline_reads"`
 	InlineWrites uint64          `json:"inline_writes"`
+	FUAWrites    uint64          `json:"fua_writes"`
 	StallsSQFull uint64          `json:"stalls_sq_full"`
 	StallsNoSlot uint64          `json:"stalls_no_slot"`
 	CQWaits      uint64          `json:"cq_waits"`
@@ -108,6 +109,7 @@ func (c *Counters) Snapshot() Snapshot {
 	}
 	s.InlineReads = c.inlineReads.Load()
 	s.InlineWrites = c.inlineWrites.Load()
+	s.FUAWrites = c.fuaWrites.Load()
 	s.StallsSQFull = c.stallSQFull.Load()
 	s.StallsNoSlot = c.stallNoSlot.Load()
 	s.CQWaits = c.cqWaits.Load()

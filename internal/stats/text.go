@@ -43,6 +43,7 @@ func (s Snapshot) WriteText(w io.Writer) error {
 		{"reqs_completed", s.RequestsCompleted},
 		{"immd_writes", s.InlineWrites},
 		{"immd_reads", s.InlineReads},
+		{"fua_writes", s.FUAWrites},
 		{"stall_sq_full", s.StallsSQFull},
 		{"stall_no_slot", s.StallsNoSlot},
 		{"max_outstanding_reqs", uint64(max(s.MaxInFlight, 0))},

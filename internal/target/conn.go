@@ -132,12 +132,15 @@ func (c *conn) free() {
 }
 
 // drop ends the connection: the QP is flushed and the poller wakes up. It may
-// be called from any goroutine, any number of times.
+// be called from any goroutine, any number of times. It is the only caller of
+// Disconnect, and dead is set only once Disconnect returned: the poller stops
+// (and free destroys the QP) only after that, because librdmacm's
+// rdma_disconnect uses the QP that rdma_destroy_qp frees.
 func (c *conn) drop(why string) {
 	c.dropOnce.Do(func() {
 		c.why.Store(why)
-		c.dead.Store(true)
 		c.ep.ID.Disconnect()
+		c.dead.Store(true)
 		c.ep.Wakeup()
 	})
 }
@@ -177,8 +180,16 @@ func (c *conn) serve(ctx context.Context) {
 				c.drop("target shutting down")
 			}
 		}()
-		if err := c.ep.ID.WaitDisconnect(evctx); err == nil {
-			c.drop("initiator disconnected")
+		// not WaitDisconnect: its own Disconnect could race with free
+		for {
+			ev, err := c.ep.ID.NextEvent(evctx)
+			if err != nil {
+				return
+			}
+			if ev.Type.Terminal() {
+				c.drop("initiator disconnected")
+				return
+			}
 		}
 	}()
 	c.poll()
@@ -481,6 +492,10 @@ func (c *conn) finish(i int, st wire.Status, n int) {
 		kind := errKind(st)
 		c.sess.Stats.Done(op, bytes, x.start, kind)
 		c.sess.export.Stats.Done(op, bytes, x.start, kind)
+		if op == stats.OpWrite && r.Flags&wire.FlagFUA != 0 && st == wire.StatusOK {
+			c.sess.Stats.AddFUAWrite()
+			c.sess.export.Stats.AddFUAWrite()
+		}
 		if r.Flags&wire.FlagInline != 0 && st == wire.StatusOK {
 			if op == stats.OpRead {
 				c.sess.Stats.AddInlineRead()

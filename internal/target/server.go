@@ -83,6 +83,9 @@ type Server struct {
 	conns     map[*conn]struct{}
 	closing   bool
 	wg        sync.WaitGroup
+	// handshaking counts connections being set up: they hold their place
+	// under MaxConns from the connect request on, not only once established.
+	handshaking int
 	// OnSession, if set, is told when sessions start and end (metrics).
 	OnSession func(s SessionInfo, up bool)
 }
@@ -206,7 +209,10 @@ func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
 		return
 	}
 	s.mu.Lock()
-	n, closing := len(s.conns), s.closing
+	n, closing := len(s.conns)+s.handshaking, s.closing
+	if !closing && n < s.cfg.MaxConns {
+		s.handshaking++
+	}
 	s.mu.Unlock()
 	if closing {
 		s.reject(req, wire.RejectShuttingDown, "the target is shutting down")
@@ -217,6 +223,14 @@ func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
 		s.reject(req, wire.RejectTooMany, fmt.Sprintf("the target serves at most %d connections", s.cfg.MaxConns))
 		return
 	}
+	counted := true // in s.handshaking, until it moves to s.conns
+	defer func() {
+		if counted {
+			s.mu.Lock()
+			s.handshaking--
+			s.mu.Unlock()
+		}
+	}()
 	depth := min(int(cd.QueueDepth), s.cfg.MaxQueueDepth)
 	slot := min(roundDown(int(min(cd.MaxIO, 1<<30)), 4096), s.cfg.MaxSlotSize)
 	if slot < 4096 {
@@ -242,6 +256,8 @@ func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
 		return
 	}
 	s.mu.Lock()
+	s.handshaking--
+	counted = false
 	if s.closing {
 		s.mu.Unlock()
 		c.free()

@@ -1,0 +1,291 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"rbd/internal/backend"
+)
+
+// daemons runs the real rbdt and rbdi binaries (RBD_TEST_BIN) for a test,
+// with sockets and metrics ports of their own.
+type daemons struct {
+	t          *testing.T
+	bin, addr  string
+	dir        string
+	tsock      string
+	isock      string
+	tmetrics   string
+	imetrics   string
+	rbdt, rbdi *exec.Cmd
+	tlog, ilog *bytes.Buffer
+}
+
+func binDir(t *testing.T) string {
+	d := os.Getenv("RBD_TEST_BIN")
+	if d == "" {
+		t.Skip("RBD_TEST_BIN not set (make e2e builds bin/ and sets it)")
+	}
+	for _, b := range []string{"rbdt", "rbdi", "rbdctl"} {
+		if _, err := os.Stat(filepath.Join(d, b)); err != nil {
+			t.Fatalf("%s: %v (run make build)", b, err)
+		}
+	}
+	return d
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+type daemonOpts struct {
+	exports  []string // rbdt --export values; none: no rbdt
+	rbdiArgs []string
+	noRbdi   bool
+}
+
+func startDaemons(t *testing.T, o daemonOpts) *daemons {
+	t.Helper()
+	_, addr, _ := env(t)
+	d := &daemons{t: t, bin: binDir(t), addr: addr, dir: t.TempDir()}
+	d.tsock = filepath.Join(d.dir, "rbdt.sock")
+	d.isock = filepath.Join(d.dir, "rbdi.sock")
+	if len(o.exports) > 0 {
+		d.tmetrics = freePort(t)
+		args := []string{"--listen", addr, "--control", d.tsock, "--metrics-addr", d.tmetrics, "--log-level", "debug"}
+		for _, e := range o.exports {
+			args = append(args, "--export", e)
+		}
+		d.rbdt, d.tlog = d.start("rbdt", args, d.tsock)
+	}
+	if !o.noRbdi {
+		d.imetrics = freePort(t)
+		args := append([]string{"--control", d.isock, "--metrics-addr", d.imetrics, "--log-level", "debug"}, o.rbdiArgs...)
+		d.rbdi, d.ilog = d.start("rbdi", args, d.isock)
+	}
+	return d
+}
+
+func (d *daemons) start(name string, args []string, sock string) (*exec.Cmd, *bytes.Buffer) {
+	t := d.t
+	var log bytes.Buffer
+	cmd := exec.Command(filepath.Join(d.bin, name), args...)
+	lw := &lockedWriter{w: &log}
+	cmd.Stdout, cmd.Stderr = lw, lw
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(60 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			t.Errorf("%s did not stop within 60 s of SIGTERM", name)
+		}
+		if t.Failed() || testing.Verbose() {
+			t.Logf("%s log:\n%s", name, lw.String())
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			if name != "rbdt" || strings.Contains(lw.String(), "msg=listening") {
+				return cmd, &log
+			}
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("%s exited at start: %v\n%s", name, err, lw.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not come up:\n%s", name, lw.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+type lockedWriter struct {
+	mu chan struct{}
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) lock() {
+	if l.mu == nil {
+		l.mu = make(chan struct{}, 1)
+	}
+	l.mu <- struct{}{}
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.lock()
+	defer func() { <-l.mu }()
+	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.lock()
+	defer func() { <-l.mu }()
+	return l.w.String()
+}
+
+// ctl runs rbdctl against these daemons.
+func (d *daemons) ctl(args ...string) (stdout, stderr string, err error) {
+	all := append([]string{"--socket", d.isock, "--target-socket", d.tsock}, args...)
+	cmd := exec.Command(filepath.Join(d.bin, "rbdctl"), all...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}
+
+// add maps an export and returns the new device's path.
+func (d *daemons) add(export string, extra ...string) string {
+	d.t.Helper()
+	out, serr, err := d.ctl(append([]string{"-n", "-a", d.addr, "-p", "65000", "-d", export}, extra...)...)
+	if err != nil {
+		d.t.Fatalf("rbdctl -n -d %s: %v\n%s", export, err, serr)
+	}
+	dev := strings.TrimSpace(out)
+	if !strings.HasPrefix(dev, "/dev/rbdi") {
+		d.t.Fatalf("rbdctl -n printed %q", out)
+	}
+	d.t.Cleanup(func() { d.ctl("-r", "-d", dev) })
+	return dev
+}
+
+func (d *daemons) remove(dev string) {
+	d.t.Helper()
+	if _, serr, err := d.ctl("-r", "-d", dev); err != nil {
+		d.t.Fatalf("rbdctl -r -d %s: %v\n%s", dev, err, serr)
+	}
+}
+
+// metrics scrapes a daemon's /metrics into "name{labels}" -> value.
+func metrics(t *testing.T, addr string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if l == "" || l[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(l[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		out[l[:i]] = v
+	}
+	return out
+}
+
+// metric sums the series of name whose labels contain all of want
+// (`key="value"` strings).
+func metric(m map[string]float64, name string, want ...string) float64 {
+	var sum float64
+	for k, v := range m {
+		if !strings.HasPrefix(k, name+"{") {
+			continue
+		}
+		ok := true
+		for _, w := range want {
+			ok = ok && strings.Contains(k, w)
+		}
+		if ok {
+			sum += v
+		}
+	}
+	return sum
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// hashDevice hashes n bytes of a block device or file, read with O_DIRECT.
+func hashDevice(t *testing.T, path string, n int64) string {
+	t.Helper()
+	be, err := backend.Open(path, backend.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	defer be.Close()
+	buf, free, err := backend.AlignedBuffer(1 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer free()
+	h := sha256.New()
+	for off := int64(0); off < n; off += int64(len(buf)) {
+		l := min(int64(len(buf)), n-off)
+		if err := be.ReadAt(buf[:l], off); err != nil {
+			t.Fatalf("read %s at %d: %v", path, off, err)
+		}
+		h.Write(buf[:l])
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+func hashFile(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x", h.Sum(nil))
+}
+
+func mount(t *testing.T, dev string) string {
+	t.Helper()
+	dir := t.TempDir()
+	run(t, "mount", dev, dir)
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	return dir
+}
