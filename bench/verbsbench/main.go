@@ -12,17 +12,25 @@
 // The server listens, accepts one connection, registers a buffer with remote
 // read and write access and hands its address and rkey to the client in the
 // accept's private data; then it only waits for the disconnect (the passive
-// side of RDMA WRITE/READ does no work in user space). The client keeps -qd
-// work requests of -size bytes in flight: it posts them as chains (one
-// ibv_post_send per refill), signals the last work request of every group of
-// -signal (a completion then credits the whole group) and reaps completions in
-// batches of up to 64 per ibv_poll_cq. -role both runs the two sides as
-// goroutines of one process (handy for a quick check; the benchmark uses two).
+// side of RDMA WRITE/READ does no work in user space). The client checks with
+// one WRITE and one READ that data arrives, then keeps -qd work requests of
+// -size bytes in flight: whenever completions free room it posts a chain
+// (one ibv_post_send per refill); it signals the last work request of every
+// group of -signal (default 1: every one, so that each completion frees a
+// slot at once; a completion then credits its whole group, and the send
+// queue never holds more than -qd) and reaps completions in batches of up to
+// 64 per ibv_poll_cq. -poll event (the default) reaps with CQ.Wait, which
+// parks on the completion channel through Go's netpoller when the CQ is empty,
+// as rbd does; -poll busy spins on CQ.Poll, as perftest does. All work
+// requests use the same -size bytes on both sides unless -slots says
+// otherwise (perftest too). -role both runs the two sides as goroutines of one
+// process (a quick check; the benchmark uses two processes, like perftest).
 //
 // Timing follows perftest's duration mode: the first and last -margin
-// (default duration/4, perftest's default) are not counted; bandwidth is the
-// bytes of the work requests completed in between over that time, in MB/s
-// with perftest's MB = 2^20 bytes. The result is one JSON line on stdout.
+// (default: a quarter of the duration in whole seconds, perftest's default)
+// are not counted; bandwidth is the bytes of the work requests completed in
+// between over that time, in MB/s with perftest's MB = 2^20 bytes. The result
+// is one JSON line on stdout.
 package main
 
 import (
@@ -106,11 +114,11 @@ func main() {
 	flag.StringVar(&c.op, "op", "write", "write or read")
 	flag.IntVar(&c.size, "size", 4096, "bytes per work request")
 	flag.IntVar(&c.qd, "qd", 32, "work requests kept in flight")
-	flag.IntVar(&c.signal, "signal", 0, "signal every Nth work request (0: qd/4); qd must be a multiple")
+	flag.IntVar(&c.signal, "signal", 1, "signal every Nth work request (a completion then credits N); qd must be a multiple")
 	flag.IntVar(&c.slots, "slots", 1, "distinct size-byte buffers the work requests cycle through, locally and remotely (perftest: 1)")
 	flag.DurationVar(&c.duration, "duration", 5*time.Second, "length of the run")
-	flag.DurationVar(&c.margin, "margin", -1, "time not measured at the start and at the end (default duration/4, as perftest)")
-	flag.StringVar(&c.poll, "poll", "busy", "busy: spin on ibv_poll_cq like perftest; event: CQ.Wait (park on the completion channel when empty)")
+	flag.DurationVar(&c.margin, "margin", -1, "time not measured at the start and at the end (default: duration/4 in whole seconds, as perftest)")
+	flag.StringVar(&c.poll, "poll", "event", "event: CQ.Wait (poll, and park on the completion channel when empty, as rbd does); busy: spin on CQ.Poll like perftest")
 	flag.IntVar(&c.spin, "spin", 0, "with -poll event: empty polls before parking")
 	flag.BoolVar(&c.verify, "verify", true, "client: check with one WRITE and one READ that data arrives before measuring")
 	flag.DurationVar(&c.timeout, "timeout", 30*time.Second, "connection setup timeout (the client retries while nothing listens)")
@@ -122,10 +130,7 @@ func main() {
 		fatal(fmt.Errorf("-addr: %w", err))
 	}
 	if c.margin < 0 {
-		c.margin = c.duration / 4
-	}
-	if c.signal == 0 {
-		c.signal = max(c.qd/4, 1)
+		c.margin = time.Duration(int(c.duration/time.Second)/4) * time.Second
 	}
 	switch {
 	case c.op != "write" && c.op != "read":
@@ -273,43 +278,47 @@ func server(c config, ready chan<- netip.AddrPort) (Result, error) {
 	return res, nil
 }
 
-// connect resolves and connects, retrying while nothing listens yet.
-func connect(ctx context.Context, c config, rd uint8) (*verbs.Endpoint, verbs.CMEvent, error) {
+// connect resolves and connects, retrying while nothing listens yet. It
+// returns the device and the RDMA READ depth it asked for.
+func connect(ctx context.Context, c config) (*verbs.Endpoint, verbs.CMEvent, verbs.DeviceInfo, int, error) {
 	for {
 		id, err := verbs.Resolve(ctx, netip.AddrPort{}, c.addr)
 		if err != nil {
-			return nil, verbs.CMEvent{}, err
+			return nil, verbs.CMEvent{}, verbs.DeviceInfo{}, 0, err
+		}
+		info, err := id.Context().Info()
+		if err != nil {
+			id.Close()
+			return nil, verbs.CMEvent{}, info, 0, err
+		}
+		// RDMA READs kept outstanding: as many as the queue depth, within the
+		// device's limit (perftest takes the device's limit too).
+		rd := min(c.qd, 255)
+		if m := info.Attr.MaxQPInitRdAtom; m > 0 {
+			rd = min(rd, m)
+		}
+		if c.op == "write" {
+			rd = 1 // for the verification's READ
 		}
 		ep, err := verbs.NewEndpoint(id, verbs.EndpointConfig{QP: caps(c.qd), CQEntries: c.qd + 1})
 		if err != nil {
-			return nil, verbs.CMEvent{}, err
+			return nil, verbs.CMEvent{}, info, 0, err
 		}
-		ev, err := ep.ID.Connect(ctx, verbs.ConnParam{PrivateData: []byte(helloMagic), ResponderResources: 0, InitiatorDepth: rd, RetryCount: 7, RNRRetryCount: 7})
+		ev, err := ep.ID.Connect(ctx, verbs.ConnParam{PrivateData: []byte(helloMagic), ResponderResources: 0, InitiatorDepth: uint8(rd), RetryCount: 7, RNRRetryCount: 7})
 		if err == nil {
-			return ep, ev, nil
+			return ep, ev, info, rd, nil
 		}
 		ep.Close()
 		var rej *verbs.RejectedError
 		if !errors.As(err, &rej) || !rej.NoListener() {
-			return nil, verbs.CMEvent{}, err
+			return nil, verbs.CMEvent{}, info, 0, err
 		}
 		select {
 		case <-ctx.Done():
-			return nil, verbs.CMEvent{}, err
+			return nil, verbs.CMEvent{}, info, 0, err
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-}
-
-// deviceFor finds the device rdma_cm will use for the address (to size the
-// READ depth before connecting).
-func deviceFor(ctx context.Context, addr netip.AddrPort) (verbs.DeviceInfo, error) {
-	id, err := verbs.Resolve(ctx, netip.AddrPort{}, addr)
-	if err != nil {
-		return verbs.DeviceInfo{}, err
-	}
-	defer id.Close()
-	return id.Context().Info()
 }
 
 func client(c config) (Result, error) {
@@ -320,21 +329,8 @@ func client(c config) (Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	info, err := deviceFor(ctx, c.addr)
-	if err != nil {
-		return res, err
-	}
+	ep, ev, info, rd, err := connect(ctx, c)
 	res.Device, res.Transport = info.Name, info.Transport.String()
-	// RDMA READs kept outstanding: as many as the queue depth, within the
-	// device's limit (perftest takes the device's limit too).
-	rd := min(c.qd, 255)
-	if m := info.Attr.MaxQPInitRdAtom; m > 0 {
-		rd = min(rd, m)
-	}
-	if c.op == "write" {
-		rd = 1 // for the verification's READ
-	}
-	ep, ev, err := connect(ctx, c, uint8(rd))
 	if err != nil {
 		return res, err
 	}

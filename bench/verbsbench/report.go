@@ -90,7 +90,18 @@ func report(args []string) error {
 		}
 		raws = append(raws, json.RawMessage(slices.Clone(line)))
 		if d := r.Detail; how == "" && d != nil && d.Role == "client" {
-			how = fmt.Sprintf("every %d%s work request signaled, %s polling", d.Signal, ordinal(d.Signal), d.Poll)
+			how = "every work request signaled"
+			if d.Signal > 1 {
+				how = fmt.Sprintf("every %d%s work request signaled", d.Signal, ordinal(d.Signal))
+			}
+			switch d.Poll {
+			case "event":
+				how += ", completions reaped with CQ.Wait (polls, and parks on the completion channel through Go's netpoller when the CQ is empty)"
+			case "busy":
+				how += ", completions reaped by spinning on CQ.Poll (as perftest)"
+			default:
+				how += ", polling " + d.Poll
+			}
 			if d.Slots > 1 {
 				how += fmt.Sprintf(", %d buffer slots", d.Slots)
 			}
@@ -168,7 +179,7 @@ func report(args []string) error {
 	}
 	fmt.Fprintf(&b, "\nMB = 2^20 bytes (perftest's unit). perftest: `ib_write_bw`/`ib_read_bw -R -d DEV -s SIZE -q 1 -t %s -D %s -F` as server and client processes. "+
 		"Go: `verbsbench -role server` and `%s` (bench/verbsbench: internal/verbs, two processes, rdma_cm, "+
-		"chained posts, %s, completions reaped in batches of up to 64). "+
+		"chained posts, %s, in batches of up to 64). "+
 		"Both leave the first and last quarter of each run out of the measurement, as perftest does.\n",
 		or(metaMap["qd"], "32"), or(metaMap["duration_s"], "5"),
 		strings.TrimSpace(fmt.Sprintf("-role client -qd %s -duration %ss %s", or(metaMap["qd"], "32"), or(metaMap["duration_s"], "5"), metaMap["verbsbench_args"])), or(how, "?"))

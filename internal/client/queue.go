@@ -132,6 +132,7 @@ func dialQueue(ctx context.Context, s *Session, index int) (*Queue, error) {
 	q.ep, err = verbs.NewEndpoint(id, verbs.EndpointConfig{QP: verbs.QPCaps{
 		MaxSendWR: 2*want.Depth + 8, MaxRecvWR: q.nrecv, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInlineData: wire.HeaderSize}})
 	if err != nil {
+		id.Close()
 		return nil, err
 	}
 	if q.msgs, err = verbs.AllocBuffer(q.nrecv*(q.area+wire.HeaderSize) + want.Depth*wire.HeaderSize); err != nil {
@@ -191,7 +192,48 @@ func dialQueue(ctx context.Context, s *Session, index int) (*Queue, error) {
 	q.control = &q.slots[q.depth-1]
 	q.lastReply.Store(time.Now().UnixNano())
 	go q.poll()
+	go q.keepalive()
+	go q.watchCM()
 	return q, nil
+}
+
+// Keepalive timing (docs/protocol.md): a KEEPALIVE goes out when requests
+// are outstanding and nothing came back for KeepAliveIdle; the connection is
+// declared dead when nothing came back for KeepAliveIdle+KeepAliveTimeout.
+var (
+	KeepAliveIdle    = 5 * time.Second
+	KeepAliveTimeout = 15 * time.Second
+)
+
+// keepalive watches a queue whose target may have stopped answering without
+// the connection failing (a hung target process, a black-holed link).
+func (q *Queue) keepalive() {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-q.stopped:
+			return
+		case <-t.C:
+		}
+		if q.inflight.Load() == 0 {
+			q.lastReply.Store(time.Now().UnixNano()) // idle: nothing is owed
+			continue
+		}
+		quiet := time.Since(time.Unix(0, q.lastReply.Load()))
+		if quiet > KeepAliveIdle+KeepAliveTimeout {
+			q.stats.AddError(stats.ErrTimeout)
+			q.drop(fmt.Sprintf("the target did not answer for %v", quiet.Round(time.Second)))
+			return
+		}
+		if quiet > KeepAliveIdle && q.ctlMu.TryLock() {
+			s := q.control
+			s.state.Store(slotHeld)
+			if err := s.Submit(wire.OpKeepAlive, 0, 0, 0, func(*Slot, Completion) { q.ctlMu.Unlock() }); err != nil {
+				q.ctlMu.Unlock()
+			}
+		}
+	}
 }
 
 // Depth is the number of data slots (the granted depth less the control slot).
@@ -544,13 +586,49 @@ func (q *Queue) control_(ctx context.Context, op wire.Op, flags uint8, payload [
 	if err != nil {
 		return 0, nil, err
 	}
+	nudge := time.NewTicker(time.Second)
+	defer nudge.Stop()
+	for {
+		select {
+		case r := <-ch:
+			return r.c.Status, r.data, nil
+		case <-nudge.C:
+			if op == wire.OpOpen {
+				q.nudge()
+			}
+		case <-ctx.Done():
+			q.drop("no reply to " + op.String())
+			<-q.stopped
+			return 0, nil, ctx.Err()
+		}
+	}
+}
+
+// nudge sends a KEEPALIVE on a free data slot. The target answers it even
+// before OPEN; its arrival wakes a soft-iWARP target that left the OPEN
+// unread in its socket (Linux 6.1 siw accepts, then attaches the socket).
+func (q *Queue) nudge() {
 	select {
-	case r := <-ch:
-		return r.c.Status, r.data, nil
-	case <-ctx.Done():
-		q.drop("no reply to " + op.String())
-		<-q.stopped
-		return 0, nil, ctx.Err()
+	case i := <-q.free:
+		s, _ := q.take(i)
+		if err := s.Submit(wire.OpKeepAlive, 0, 0, 0, func(s *Slot, _ Completion) { s.Release() }); err != nil {
+			s.Release()
+		}
+	default:
+	}
+}
+
+// watchCM turns the peer's disconnect into the end of the queue.
+func (q *Queue) watchCM() {
+	for {
+		ev, err := q.ep.ID.NextEvent(context.Background())
+		if err != nil {
+			return // closed
+		}
+		if ev.Type.Terminal() {
+			q.drop("the target disconnected (" + ev.Type.String() + ")")
+			return
+		}
 	}
 }
 

@@ -69,21 +69,23 @@ func newConn(s *Server, req *verbs.ConnRequest, depth, slotSize, inline int) (*c
 	if err != nil {
 		return nil, err
 	}
-	if c.slots, err = verbs.AllocBuffer(depth * slotSize); err != nil {
+	// on failure the request's identifier stays the caller's, to reject
+	fail := func(err error) (*conn, error) {
+		c.ep.ID = nil
 		c.free()
 		return nil, err
+	}
+	if c.slots, err = verbs.AllocBuffer(depth * slotSize); err != nil {
+		return fail(err)
 	}
 	if c.slotMR, err = c.ep.Register(c.slots, verbs.AccessLocalWrite|verbs.AccessRemoteWrite|verbs.AccessRemoteRead); err != nil {
-		c.free()
-		return nil, err
+		return fail(err)
 	}
 	if c.msgs, err = verbs.AllocBuffer(c.nctx * (c.area + 2*wire.HeaderSize)); err != nil {
-		c.free()
-		return nil, err
+		return fail(err)
 	}
 	if c.msgMR, err = c.ep.Register(c.msgs, verbs.AccessLocalWrite); err != nil {
-		c.free()
-		return nil, err
+		return fail(err)
 	}
 	c.slotBusy = make([]atomic.Bool, depth)
 	c.ctxs = make([]reqCtx, c.nctx)
@@ -93,8 +95,7 @@ func newConn(s *Server, req *verbs.ConnRequest, depth, slotSize, inline int) (*c
 		wrs[i] = c.recvWR(i)
 	}
 	if _, err := c.ep.QP.PostRecv(wrs); err != nil {
-		c.free()
-		return nil, err
+		return fail(err)
 	}
 	return c, nil
 }
@@ -271,7 +272,9 @@ func (c *conn) received(i, n int) {
 	x := &c.ctxs[i]
 	x.req, x.payload = r, n-wire.HeaderSize
 	if c.sess == nil {
-		if r.Op == wire.OpDisconnect { // after a refused OPEN
+		// DISCONNECT after a refused OPEN; KEEPALIVE while an OPEN waits (the
+		// initiator's nudge: see client.Queue.open)
+		if r.Op == wire.OpDisconnect || r.Op == wire.OpKeepAlive {
 			c.finish(i, wire.StatusOK, 0)
 			return
 		}

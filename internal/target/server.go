@@ -396,6 +396,9 @@ func (s *Server) open(c *conn, o wire.Open) (*session, error) {
 		if s.OnSession != nil {
 			s.OnSession(ss.info(), true)
 		}
+	} else if c.peer.Addr() != ss.peer.Addr() {
+		// a session id is no secret on the wire: joining needs the same host
+		return nil, &openError{wire.StatusPerm, fmt.Sprintf("session %s belongs to another initiator", ss.id)}
 	} else if ss.export != exp || ss.readOnly != ro || ss.queues != int(o.Queues) {
 		return nil, &openError{wire.StatusInval, fmt.Sprintf("connection does not match its session %s (export %s, %d queues, read-only %v)", ss.id, ss.export.Name(), ss.queues, ss.readOnly)}
 	}

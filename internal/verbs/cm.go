@@ -232,11 +232,18 @@ func (t CMEventType) Terminal() bool {
 
 // Disconnect starts an orderly disconnect: outstanding work requests are
 // flushed (IBV_WC_WR_FLUSH_ERR) and the peer sees DISCONNECTED.
+//
+// Disconnect and the QP's destruction exclude each other: librdmacm moves
+// the QP to the error state in rdma_disconnect, so the QP is held while it
+// runs (once destroyed, only the connection is torn down).
 func (id *CMID) Disconnect() error {
 	if !id.lt.acquire() {
 		return ErrClosed
 	}
 	defer id.lt.release()
+	if qp := id.qp; qp != nil && qp.lt.acquire() {
+		defer qp.lt.release()
+	}
 	return cDisconnect(id.id)
 }
 

@@ -28,31 +28,34 @@ type Endpoint struct {
 	closed bool
 }
 
-// NewEndpoint builds the resources of a connection on id's device. It takes
-// ownership of id (Close closes it, also when NewEndpoint fails).
+// NewEndpoint builds the resources of a connection on id's device. On
+// success the endpoint owns id (Close closes it); on failure what was built
+// is released and id stays the caller's (a listener can still reject it,
+// with a reason).
 func NewEndpoint(id *CMID, cfg EndpointConfig) (*Endpoint, error) {
 	e := &Endpoint{ID: id}
 	ctx := id.Context()
-	var err error
-	if e.PD, err = ctx.AllocPD(); err != nil {
+	fail := func(err error) (*Endpoint, error) {
+		e.ID = nil
 		e.Close()
 		return nil, err
 	}
+	var err error
+	if e.PD, err = ctx.AllocPD(); err != nil {
+		return fail(err)
+	}
 	if e.Chan, err = ctx.NewCompChannel(); err != nil {
-		e.Close()
-		return nil, err
+		return fail(err)
 	}
 	n := cfg.CQEntries
 	if n == 0 {
 		n = cfg.QP.MaxSendWR + cfg.QP.MaxRecvWR
 	}
 	if e.CQ, err = ctx.CreateCQ(n, e.Chan, cfg.CompVector); err != nil {
-		e.Close()
-		return nil, err
+		return fail(err)
 	}
 	if e.QP, err = id.CreateQP(e.PD, e.CQ, e.CQ, cfg.QP); err != nil {
-		e.Close()
-		return nil, err
+		return fail(err)
 	}
 	return e, nil
 }
@@ -104,7 +107,9 @@ func (e *Endpoint) Close() error {
 	}
 	e.Wakeup()
 	if e.QP != nil {
-		e.ID.Disconnect()
+		if e.ID != nil {
+			e.ID.Disconnect()
+		}
 		add(e.QP.Close())
 	}
 	for i := len(mrs) - 1; i >= 0; i-- {
@@ -119,6 +124,8 @@ func (e *Endpoint) Close() error {
 	if e.PD != nil {
 		add(e.PD.Close())
 	}
-	add(e.ID.Close())
+	if e.ID != nil {
+		add(e.ID.Close())
+	}
 	return errors.Join(errs...)
 }

@@ -35,7 +35,6 @@ struct rbd_wc {
 	uint32_t qp_num; uint32_t flags;
 };
 
-static int rbd_errno(void) { return errno; }
 
 // Opcodes and flags as the Go side numbers them (verbs.go).
 static enum ibv_wr_opcode rbd_op(uint32_t op) {
@@ -247,21 +246,23 @@ func init() {
 }
 
 func errnoOf(ret C.int) syscall.Errno { return syscall.Errno(ret) }
-func lastErrno() syscall.Errno {
-	e := syscall.Errno(C.rbd_errno())
-	if e == 0 {
-		e = syscall.EIO
+
+// errnoFrom is the errno that cgo's two-value call form captured right
+// after the C call, on the same thread (EIO when none was set).
+func errnoFrom(err error) syscall.Errno {
+	if e, ok := err.(syscall.Errno); ok && e != 0 {
+		return e
 	}
-	return e
+	return syscall.EIO
 }
 
 // ---- devices
 
 func cDeviceNames() ([]string, error) {
 	var n C.int
-	list := C.ibv_get_device_list(&n)
+	list, errno := C.ibv_get_device_list(&n)
 	if list == nil {
-		return nil, newError("ibv_get_device_list", lastErrno())
+		return nil, newError("ibv_get_device_list", errnoFrom(errno))
 	}
 	defer C.ibv_free_device_list(list)
 	devs := unsafe.Slice(list, int(n))
@@ -274,16 +275,16 @@ func cDeviceNames() ([]string, error) {
 
 func cOpenDevice(name string) (unsafe.Pointer, error) {
 	var n C.int
-	list := C.ibv_get_device_list(&n)
+	list, errno := C.ibv_get_device_list(&n)
 	if list == nil {
-		return nil, newError("ibv_get_device_list", lastErrno())
+		return nil, newError("ibv_get_device_list", errnoFrom(errno))
 	}
 	defer C.ibv_free_device_list(list)
 	for _, d := range unsafe.Slice(list, int(n)) {
 		if C.GoString(C.ibv_get_device_name(d)) == name {
-			ctx := C.ibv_open_device(d)
+			ctx, errno := C.ibv_open_device(d)
 			if ctx == nil {
-				return nil, newError("ibv_open_device", lastErrno())
+				return nil, newError("ibv_open_device", errnoFrom(errno))
 			}
 			return unsafe.Pointer(ctx), nil
 		}
@@ -292,8 +293,8 @@ func cOpenDevice(name string) (unsafe.Pointer, error) {
 }
 
 func cCloseDevice(ctx unsafe.Pointer) error {
-	if r := C.ibv_close_device((*C.struct_ibv_context)(ctx)); r != 0 {
-		return newError("ibv_close_device", lastErrno())
+	if r, errno := C.ibv_close_device((*C.struct_ibv_context)(ctx)); r != 0 {
+		return newError("ibv_close_device", errnoFrom(errno))
 	}
 	return nil
 }
@@ -356,8 +357,8 @@ func cQueryPort(ctx unsafe.Pointer, port int) (PortAttr, error) {
 func cQueryGID(ctx unsafe.Pointer, port, index int) ([16]byte, error) {
 	var g C.union_ibv_gid
 	var out [16]byte
-	if r := C.ibv_query_gid((*C.struct_ibv_context)(ctx), C.uint8_t(port), C.int(index), &g); r != 0 {
-		return out, newError("ibv_query_gid", lastErrno())
+	if r, errno := C.ibv_query_gid((*C.struct_ibv_context)(ctx), C.uint8_t(port), C.int(index), &g); r != 0 {
+		return out, newError("ibv_query_gid", errnoFrom(errno))
 	}
 	copy(out[:], C.GoBytes(unsafe.Pointer(&g), 16))
 	return out, nil
@@ -366,9 +367,9 @@ func cQueryGID(ctx unsafe.Pointer, port, index int) ([16]byte, error) {
 // ---- protection domains and memory regions
 
 func cAllocPD(ctx unsafe.Pointer) (unsafe.Pointer, error) {
-	pd := C.ibv_alloc_pd((*C.struct_ibv_context)(ctx))
+	pd, errno := C.ibv_alloc_pd((*C.struct_ibv_context)(ctx))
 	if pd == nil {
-		return nil, newError("ibv_alloc_pd", lastErrno())
+		return nil, newError("ibv_alloc_pd", errnoFrom(errno))
 	}
 	return unsafe.Pointer(pd), nil
 }
@@ -381,9 +382,9 @@ func cDeallocPD(pd unsafe.Pointer) error {
 }
 
 func cRegMR(pd unsafe.Pointer, addr unsafe.Pointer, length int, access Access) (mr unsafe.Pointer, lkey, rkey uint32, err error) {
-	m := C.rbd_reg_mr((*C.struct_ibv_pd)(pd), addr, C.size_t(length), C.int(access))
+	m, errno := C.rbd_reg_mr((*C.struct_ibv_pd)(pd), addr, C.size_t(length), C.int(access))
 	if m == nil {
-		return nil, 0, 0, newError("ibv_reg_mr", lastErrno())
+		return nil, 0, 0, newError("ibv_reg_mr", errnoFrom(errno))
 	}
 	return unsafe.Pointer(m), uint32(m.lkey), uint32(m.rkey), nil
 }
@@ -398,13 +399,13 @@ func cDeregMR(mr unsafe.Pointer) error {
 // ---- completion channels and queues
 
 func cCreateCompChannel(ctx unsafe.Pointer) (unsafe.Pointer, int, error) {
-	ch := C.ibv_create_comp_channel((*C.struct_ibv_context)(ctx))
+	ch, errno := C.ibv_create_comp_channel((*C.struct_ibv_context)(ctx))
 	if ch == nil {
-		return nil, -1, newError("ibv_create_comp_channel", lastErrno())
+		return nil, -1, newError("ibv_create_comp_channel", errnoFrom(errno))
 	}
 	fd := int(C.rbd_comp_fd(ch))
-	if C.rbd_set_nonblock(C.int(fd)) != 0 {
-		e := lastErrno()
+	if r, errno := C.rbd_set_nonblock(C.int(fd)); r != 0 {
+		e := errnoFrom(errno)
 		C.ibv_destroy_comp_channel(ch)
 		return nil, -1, newError("fcntl O_NONBLOCK", e)
 	}
@@ -412,16 +413,16 @@ func cCreateCompChannel(ctx unsafe.Pointer) (unsafe.Pointer, int, error) {
 }
 
 func cDestroyCompChannel(ch unsafe.Pointer) error {
-	if r := C.ibv_destroy_comp_channel((*C.struct_ibv_comp_channel)(ch)); r != 0 {
-		return newError("ibv_destroy_comp_channel", lastErrno())
+	if r, errno := C.ibv_destroy_comp_channel((*C.struct_ibv_comp_channel)(ch)); r != 0 {
+		return newError("ibv_destroy_comp_channel", errnoFrom(errno))
 	}
 	return nil
 }
 
 func cCreateCQ(ctx unsafe.Pointer, cqe int, ch unsafe.Pointer, vector int) (unsafe.Pointer, int, error) {
-	cq := C.ibv_create_cq((*C.struct_ibv_context)(ctx), C.int(cqe), nil, (*C.struct_ibv_comp_channel)(ch), C.int(vector))
+	cq, errno := C.ibv_create_cq((*C.struct_ibv_context)(ctx), C.int(cqe), nil, (*C.struct_ibv_comp_channel)(ch), C.int(vector))
 	if cq == nil {
-		return nil, 0, newError("ibv_create_cq", lastErrno())
+		return nil, 0, newError("ibv_create_cq", errnoFrom(errno))
 	}
 	return unsafe.Pointer(cq), int(cq.cqe), nil
 }
@@ -448,8 +449,8 @@ func cReqNotifyCQ(cq unsafe.Pointer, solicitedOnly bool) error {
 // returns syscall.EAGAIN when there is none.
 func cGetCQEvent(ch unsafe.Pointer) (unsafe.Pointer, error) {
 	var cq *C.struct_ibv_cq
-	if C.rbd_get_cq_event((*C.struct_ibv_comp_channel)(ch), &cq) != 0 {
-		return nil, lastErrno()
+	if r, errno := C.rbd_get_cq_event((*C.struct_ibv_comp_channel)(ch), &cq); r != 0 {
+		return nil, errnoFrom(errno)
 	}
 	return unsafe.Pointer(cq), nil
 }
@@ -482,8 +483,8 @@ func cCreateQP(id, pd, sendCQ, recvCQ unsafe.Pointer, c *QPCaps) (unsafe.Pointer
 	a.cap.max_send_sge = C.uint32_t(c.MaxSendSGE)
 	a.cap.max_recv_sge = C.uint32_t(c.MaxRecvSGE)
 	a.cap.max_inline_data = C.uint32_t(c.MaxInlineData)
-	if r := C.rdma_create_qp((*C.struct_rdma_cm_id)(id), (*C.struct_ibv_pd)(pd), &a); r != 0 {
-		return nil, 0, newError("rdma_create_qp", lastErrno())
+	if r, errno := C.rdma_create_qp((*C.struct_rdma_cm_id)(id), (*C.struct_ibv_pd)(pd), &a); r != 0 {
+		return nil, 0, newError("rdma_create_qp", errnoFrom(errno))
 	}
 	c.MaxSendWR = int(a.cap.max_send_wr)
 	c.MaxRecvWR = int(a.cap.max_recv_wr)
@@ -519,13 +520,13 @@ func cPostRecv(qp unsafe.Pointer, wrs []RecvWR) (int, error) {
 // ---- rdma_cm
 
 func cCreateEventChannel() (unsafe.Pointer, int, error) {
-	ch := C.rdma_create_event_channel()
+	ch, errno := C.rdma_create_event_channel()
 	if ch == nil {
-		return nil, -1, newError("rdma_create_event_channel", lastErrno())
+		return nil, -1, newError("rdma_create_event_channel", errnoFrom(errno))
 	}
 	fd := int(C.rbd_id_event_fd(ch))
-	if C.rbd_set_nonblock(C.int(fd)) != 0 {
-		e := lastErrno()
+	if r, errno := C.rbd_set_nonblock(C.int(fd)); r != 0 {
+		e := errnoFrom(errno)
 		C.rdma_destroy_event_channel(ch)
 		return nil, -1, newError("fcntl O_NONBLOCK", e)
 	}
@@ -538,22 +539,22 @@ func cDestroyEventChannel(ch unsafe.Pointer) {
 
 func cCreateID(ch unsafe.Pointer) (unsafe.Pointer, error) {
 	var id *C.struct_rdma_cm_id
-	if C.rdma_create_id((*C.struct_rdma_event_channel)(ch), &id, nil, C.RDMA_PS_TCP) != 0 {
-		return nil, newError("rdma_create_id", lastErrno())
+	if r, errno := C.rdma_create_id((*C.struct_rdma_event_channel)(ch), &id, nil, C.RDMA_PS_TCP); r != 0 {
+		return nil, newError("rdma_create_id", errnoFrom(errno))
 	}
 	return unsafe.Pointer(id), nil
 }
 
 func cDestroyID(id unsafe.Pointer) error {
-	if C.rdma_destroy_id((*C.struct_rdma_cm_id)(id)) != 0 {
-		return newError("rdma_destroy_id", lastErrno())
+	if r, errno := C.rdma_destroy_id((*C.struct_rdma_cm_id)(id)); r != 0 {
+		return newError("rdma_destroy_id", errnoFrom(errno))
 	}
 	return nil
 }
 
 func cMigrateID(id, ch unsafe.Pointer) error {
-	if C.rdma_migrate_id((*C.struct_rdma_cm_id)(id), (*C.struct_rdma_event_channel)(ch)) != 0 {
-		return newError("rdma_migrate_id", lastErrno())
+	if r, errno := C.rdma_migrate_id((*C.struct_rdma_cm_id)(id), (*C.struct_rdma_event_channel)(ch)); r != 0 {
+		return newError("rdma_migrate_id", errnoFrom(errno))
 	}
 	return nil
 }
@@ -597,15 +598,15 @@ func goAddrPort(sa *C.struct_sockaddr) netip.AddrPort {
 func cBindAddr(id unsafe.Pointer, ap netip.AddrPort) error {
 	sa, free := sockaddr(ap)
 	defer free()
-	if C.rdma_bind_addr((*C.struct_rdma_cm_id)(id), sa) != 0 {
-		return newError("rdma_bind_addr", lastErrno())
+	if r, errno := C.rdma_bind_addr((*C.struct_rdma_cm_id)(id), sa); r != 0 {
+		return newError("rdma_bind_addr", errnoFrom(errno))
 	}
 	return nil
 }
 
 func cListen(id unsafe.Pointer, backlog int) error {
-	if C.rdma_listen((*C.struct_rdma_cm_id)(id), C.int(backlog)) != 0 {
-		return newError("rdma_listen", lastErrno())
+	if r, errno := C.rdma_listen((*C.struct_rdma_cm_id)(id), C.int(backlog)); r != 0 {
+		return newError("rdma_listen", errnoFrom(errno))
 	}
 	return nil
 }
@@ -619,15 +620,15 @@ func cResolveAddr(id unsafe.Pointer, src, dst netip.AddrPort, timeoutMs int) err
 	}
 	d, free := sockaddr(dst)
 	defer free()
-	if C.rdma_resolve_addr((*C.struct_rdma_cm_id)(id), csrc, d, C.int(timeoutMs)) != 0 {
-		return newError("rdma_resolve_addr", lastErrno())
+	if r, errno := C.rdma_resolve_addr((*C.struct_rdma_cm_id)(id), csrc, d, C.int(timeoutMs)); r != 0 {
+		return newError("rdma_resolve_addr", errnoFrom(errno))
 	}
 	return nil
 }
 
 func cResolveRoute(id unsafe.Pointer, timeoutMs int) error {
-	if C.rdma_resolve_route((*C.struct_rdma_cm_id)(id), C.int(timeoutMs)) != 0 {
-		return newError("rdma_resolve_route", lastErrno())
+	if r, errno := C.rdma_resolve_route((*C.struct_rdma_cm_id)(id), C.int(timeoutMs)); r != 0 {
+		return newError("rdma_resolve_route", errnoFrom(errno))
 	}
 	return nil
 }
@@ -642,10 +643,10 @@ func cConnect(id unsafe.Pointer, accept bool, p *ConnParam) error {
 	if accept {
 		a, op = 1, "rdma_accept"
 	}
-	if C.rbd_conn((*C.struct_rdma_cm_id)(id), a, pd, C.int(len(p.PrivateData)),
+	if r, errno := C.rbd_conn((*C.struct_rdma_cm_id)(id), a, pd, C.int(len(p.PrivateData)),
 		C.uint8_t(p.ResponderResources), C.uint8_t(p.InitiatorDepth),
-		C.uint8_t(p.RetryCount), C.uint8_t(p.RNRRetryCount)) != 0 {
-		return newError(op, lastErrno())
+		C.uint8_t(p.RetryCount), C.uint8_t(p.RNRRetryCount)); r != 0 {
+		return newError(op, errnoFrom(errno))
 	}
 	return nil
 }
@@ -656,15 +657,15 @@ func cReject(id unsafe.Pointer, privateData []byte) error {
 		pd = C.CBytes(privateData)
 		defer C.free(pd)
 	}
-	if C.rdma_reject((*C.struct_rdma_cm_id)(id), pd, C.uint8_t(len(privateData))) != 0 {
-		return newError("rdma_reject", lastErrno())
+	if r, errno := C.rdma_reject((*C.struct_rdma_cm_id)(id), pd, C.uint8_t(len(privateData))); r != 0 {
+		return newError("rdma_reject", errnoFrom(errno))
 	}
 	return nil
 }
 
 func cDisconnect(id unsafe.Pointer) error {
-	if C.rdma_disconnect((*C.struct_rdma_cm_id)(id)) != 0 {
-		return newError("rdma_disconnect", lastErrno())
+	if r, errno := C.rdma_disconnect((*C.struct_rdma_cm_id)(id)); r != 0 {
+		return newError("rdma_disconnect", errnoFrom(errno))
 	}
 	return nil
 }
@@ -684,8 +685,8 @@ func cIDAddrs(id unsafe.Pointer) (local, peer netip.AddrPort) {
 // when there is none); the event is acknowledged before this returns.
 func cGetCMEvent(ch unsafe.Pointer) (rawCMEvent, error) {
 	var ev C.struct_rbd_cm_event
-	if C.rbd_get_cm_event((*C.struct_rdma_event_channel)(ch), &ev) != 0 {
-		return rawCMEvent{}, lastErrno()
+	if r, errno := C.rbd_get_cm_event((*C.struct_rdma_event_channel)(ch), &ev); r != 0 {
+		return rawCMEvent{}, errnoFrom(errno)
 	}
 	r := rawCMEvent{
 		Type:               CMEventType(ev._type),

@@ -172,6 +172,7 @@ func dialRogueErr(t testing.TB, to netip.AddrPort, pd []byte) (*rogue, error) {
 	r.ep, err = verbs.NewEndpoint(id, verbs.EndpointConfig{QP: verbs.QPCaps{
 		MaxSendWR: 128, MaxRecvWR: rogueRecvs, MaxSendSGE: 2, MaxRecvSGE: 1}})
 	if err != nil {
+		id.Close()
 		return nil, err
 	}
 	fail := func(err error) (*rogue, error) {
@@ -908,7 +909,6 @@ func rogueViolations(t *testing.T, srv *target.Server, to netip.AddrPort, tlog *
 		{name: "WRITE before OPEN", send: func(r *rogue) {
 			r.post(r.sendWR(hdr(wire.Request{Op: wire.OpWrite, Length: 4096, Handle: 3})))
 		}, reason: "WRITE before OPEN"},
-		{name: "KEEPALIVE before OPEN", send: func(r *rogue) { r.post(r.sendWR(hdr(wire.Request{Op: wire.OpKeepAlive, Handle: 3}))) }, reason: "KEEPALIVE before OPEN"},
 		{name: "second OPEN", open: "/dev/ram1", send: func(r *rogue) { r.post(r.sendWR(open(same, -1))) }, reason: "second OPEN"},
 		{name: "OPEN announces more than it carries", send: func(r *rogue) { r.post(r.sendWR(open(same, 40))) }, reason: "OPEN announces 40 payload bytes, carries 35"},
 		{name: "OPEN announces less than it carries", send: func(r *rogue) { r.post(r.sendWR(open(same, 30))) }, reason: "OPEN announces 30 payload bytes, carries 35"},

@@ -373,3 +373,33 @@ func TestPersistentDevices(t *testing.T) {
 		t.Cleanup(func() { d.ctl("-r", "-d", dv.Path) })
 	}
 }
+
+// TestLargeRequests raises max_sectors_kb far past the slot size, so that the
+// kernel sends requests rbdi must split: a few slots' worth (replied from the
+// slots in pieces) and more than half the queue's slots (assembled in memory).
+func TestLargeRequests(t *testing.T) {
+	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"}, rbdiArgs: []string{"--queue-depth", "8", "--max-io", "65536"}})
+	dev := d.add("/dev/ram1")
+	q := "/sys/block/" + nbdName(t, dev) + "/queue/max_sectors_kb"
+	if err := os.WriteFile(q, []byte("4096"), 0o644); err != nil {
+		t.Fatalf("raise max_sectors_kb: %v", err)
+	}
+	got, _ := os.ReadFile(q)
+	t.Logf("max_sectors_kb %s, slot 64 KiB, 7 data slots", strings.TrimSpace(string(got)))
+	for _, bs := range []int{192 << 10, 2 << 20} { // 3 slots; 32 slots
+		n := bs * (8 << 20 / bs)
+		data := make([]byte, n)
+		rand.Read(data)
+		src := filepath.Join(t.TempDir(), "src")
+		os.WriteFile(src, data, 0o644)
+		run(t, "dd", "if="+src, "of="+dev, fmt.Sprintf("bs=%d", bs), "oflag=direct", "status=none")
+		if hashDevice(t, "/dev/ram1", int64(n)) != hashFile(t, src) {
+			t.Fatalf("bs=%d: /dev/ram1 does not hold what was written", bs)
+		}
+		back := filepath.Join(t.TempDir(), "back")
+		run(t, "dd", "if="+dev, "of="+back, fmt.Sprintf("bs=%d", bs), fmt.Sprintf("count=%d", n/bs), "iflag=direct", "status=none")
+		if hashFile(t, back) != hashFile(t, src) {
+			t.Fatalf("bs=%d: read back differs", bs)
+		}
+	}
+}
