@@ -541,6 +541,9 @@ func (q *Queue) violation(format string, args ...any) {
 // drop ends the connection; commands in flight complete with ESHUTDOWN.
 func (q *Queue) drop(why string) {
 	q.dropOnce.Do(func() {
+		if why != "closed" {
+			q.log.Warn("connection to the target ends", "reason", why)
+		}
 		q.why.Store(why)
 		q.dead.Store(true)
 		q.ep.ID.Disconnect()

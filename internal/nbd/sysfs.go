@@ -175,9 +175,8 @@ func (s Sysfs) waitSize(ctx context.Context, index uint32, ok func(uint64) bool)
 		if err == nil && ok(got) {
 			return nil
 		}
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
+		// a missing or unreadable size is "not yet": keep polling, and say
+		// why if time runs out
 		if t == nil {
 			t = time.NewTimer(delay)
 			defer t.Stop()
