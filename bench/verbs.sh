@@ -5,7 +5,9 @@
 # (4 KiB, 64 KiB) it runs perftest (ib_write_bw / ib_read_bw -R -q 1 -t 32 -D)
 # and verbsbench (internal/verbs, QD 32) with the same parameters, each as a
 # server and a client process on the same device, alternating which goes first,
-# RBD_BENCH_REPS times, and reports Go MB/s / perftest MB/s.
+# RBD_BENCH_REPS times, and reports Go MB/s / perftest MB/s. verbsbench's
+# defaults: every work request signaled, chained posts, completions reaped with
+# CQ.Wait (RBD_BENCH_ARGS="-poll busy -signal 32" gives perftest's strategy).
 #
 #   bench/verbs.sh RESULTS_DIR [STEM]
 #
@@ -33,6 +35,7 @@ VBARGS=${RBD_BENCH_ARGS:-}
 [ -x "$BIN" ] || { echo "verbs.sh: no $BIN (go build -o bench/bin/verbsbench ./bench/verbsbench)" >&2; exit 2; }
 command -v ib_write_bw >/dev/null || { echo "verbs.sh: perftest is not installed" >&2; exit 2; }
 mkdir -p "$OUT" || exit 2
+cat "$BIN" "$(command -v ib_write_bw)" "$(command -v ib_read_bw)" > /dev/null # into the page cache (9p)
 W=$(mktemp -d /tmp/verbsbench.XXXXXX)
 RUNS=$OUT/$STEM.runs.jsonl
 : > "$RUNS"

@@ -199,13 +199,41 @@ type TargetStatus struct {
 	} `json:"sessions"`
 }
 
+// listTimeout bounds each daemon's answer to -l: a stopped or hung daemon
+// must not hang the listing of the other.
+const listTimeout = 10 * time.Second
+
 func list(ctx context.Context, cmd *cobra.Command, o *options) error {
 	var devs []DeviceInfo
-	ierr := rbdi(o).Do(ctx, "GET", "/v1/devices", nil, &devs)
 	var ts TargetStatus
-	terr := rbdt(o).Do(ctx, "GET", "/v1/status", nil, &ts)
+	var ierr, terr error
+	done := make(chan struct{})
+	go func() {
+		c, cancel := context.WithTimeout(ctx, listTimeout)
+		defer cancel()
+		ierr = rbdi(o).Do(c, "GET", "/v1/devices", nil, &devs)
+		close(done)
+	}()
+	c, cancel := context.WithTimeout(ctx, listTimeout)
+	terr = rbdt(o).Do(c, "GET", "/v1/status", nil, &ts)
+	cancel()
+	<-done
 	var nr *daemon.NotRunningError
 	iDown, tDown := errors.As(ierr, &nr), errors.As(terr, &nr)
+	w := cmd.OutOrStdout()
+	for _, x := range []struct {
+		err        error
+		down       *bool
+		who, where string
+	}{{ierr, &iDown, "rbdi", o.socket}, {terr, &tDown, "rbdt", o.targetSocket}} {
+		if errors.Is(x.err, context.DeadlineExceeded) {
+			fmt.Fprintf(cmd.ErrOrStderr(), "rbdctl: %s at %s did not answer within %v\n", x.who, x.where, listTimeout)
+			*x.down = true
+		}
+	}
+	if iDown && tDown && (errors.Is(ierr, context.DeadlineExceeded) || errors.Is(terr, context.DeadlineExceeded)) {
+		return errors.New("no daemon answered")
+	}
 	if iDown && tDown {
 		return fmt.Errorf("neither rbdi nor rbdt is running on this host (no %s, no %s): start one with `systemctl start rbdi` or `systemctl start rbdt`", o.socket, o.targetSocket)
 	}
@@ -215,7 +243,6 @@ func list(ctx context.Context, cmd *cobra.Command, o *options) error {
 	if terr != nil && !tDown {
 		return explain(terr, "rbdt", o.targetSocket)
 	}
-	w := cmd.OutOrStdout()
 	if o.output == "json" {
 		out := map[string]any{}
 		if !iDown {

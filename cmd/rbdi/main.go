@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"rbd/internal/client"
 	"rbd/internal/daemon"
 	"rbd/internal/initiator"
 	"rbd/internal/stats"
@@ -47,10 +48,10 @@ type fileConfig struct {
 }
 
 type options struct {
-	config, metricsAddr, control, logLevel string
-	queues, depth, maxIO, inline           int
-	timeout, deadConn                      time.Duration
-	noMlock                                bool
+	config, metricsAddr, control, logLevel  string
+	queues, depth, maxIO, inline            int
+	timeout, deadConn, keepAlive, kaTimeout time.Duration
+	noMlock                                 bool
 }
 
 func main() {
@@ -84,6 +85,8 @@ devices through its control socket.`,
 	f.IntVar(&o.inline, "inline", 4096, "largest I/O carried inline in messages, bytes (-1: never)")
 	f.DurationVar(&o.timeout, "timeout", initiator.DefaultTimeout, "kernel per-request timeout")
 	f.DurationVar(&o.deadConn, "dead-conn-timeout", 0, "how long I/O waits for a new connection when all died (0: fail at once)")
+	f.DurationVar(&o.keepAlive, "keepalive", client.DefaultKeepAlive, "send KEEPALIVE when requests are outstanding and the target was quiet this long")
+	f.DurationVar(&o.kaTimeout, "keepalive-timeout", client.DefaultKeepAliveTimeout, "declare the connection dead when the target stays quiet this much longer")
 	f.BoolVar(&o.noMlock, "no-mlock", false, "do not lock the daemon's memory (not safe under memory pressure)")
 	return cmd
 }
@@ -192,7 +195,8 @@ func run(cmd *cobra.Command, o *options) error {
 	}
 	coll := stats.NewCollector(stats.RoleInitiator, "nbd", "rdma_device", "interface")
 	m := initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
-		Timeout: o.timeout, DeadConnTimeout: o.deadConn, Log: log, Collector: coll})
+		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
+		Log: log, Collector: coll})
 	ctl, err := daemon.ListenControl(control)
 	if err != nil {
 		return err

@@ -23,6 +23,10 @@ type QueueConfig struct {
 	Depth  int // commands (and slots) in flight
 	MaxIO  int // slot size, bytes
 	Inline int // inline data, bytes (0: none)
+	// KeepAlive: a KEEPALIVE goes out when requests are outstanding and
+	// nothing came back for this long (default 5 s); KeepAliveTimeout later
+	// still (default 15 s) the connection is declared dead.
+	KeepAlive, KeepAliveTimeout time.Duration
 }
 
 // Completion is the outcome of a command, handed to its Done function in the
@@ -197,18 +201,17 @@ func dialQueue(ctx context.Context, s *Session, index int) (*Queue, error) {
 	return q, nil
 }
 
-// Keepalive timing (docs/protocol.md): a KEEPALIVE goes out when requests
-// are outstanding and nothing came back for KeepAliveIdle; the connection is
-// declared dead when nothing came back for KeepAliveIdle+KeepAliveTimeout.
-var (
-	KeepAliveIdle    = 5 * time.Second
-	KeepAliveTimeout = 15 * time.Second
+// Keepalive defaults (docs/protocol.md).
+const (
+	DefaultKeepAlive        = 5 * time.Second
+	DefaultKeepAliveTimeout = 15 * time.Second
 )
 
 // keepalive watches a queue whose target may have stopped answering without
 // the connection failing (a hung target process, a black-holed link).
 func (q *Queue) keepalive() {
-	t := time.NewTicker(time.Second)
+	idle, dead := q.sess.cfg.Queue.KeepAlive, q.sess.cfg.Queue.KeepAliveTimeout
+	t := time.NewTicker(min(time.Second, idle/2))
 	defer t.Stop()
 	for {
 		select {
@@ -221,12 +224,12 @@ func (q *Queue) keepalive() {
 			continue
 		}
 		quiet := time.Since(time.Unix(0, q.lastReply.Load()))
-		if quiet > KeepAliveIdle+KeepAliveTimeout {
+		if quiet > idle+dead {
 			q.stats.AddError(stats.ErrTimeout)
 			q.drop(fmt.Sprintf("the target did not answer for %v", quiet.Round(time.Second)))
 			return
 		}
-		if quiet > KeepAliveIdle && q.ctlMu.TryLock() {
+		if quiet > idle && q.ctlMu.TryLock() {
 			s := q.control
 			s.state.Store(slotHeld)
 			if err := s.Submit(wire.OpKeepAlive, 0, 0, 0, func(*Slot, Completion) { q.ctlMu.Unlock() }); err != nil {

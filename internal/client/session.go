@@ -67,6 +67,12 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Queue.Inline < 0 {
 		cfg.Queue.Inline = 0
 	}
+	if cfg.Queue.KeepAlive <= 0 {
+		cfg.Queue.KeepAlive = DefaultKeepAlive
+	}
+	if cfg.Queue.KeepAliveTimeout <= 0 {
+		cfg.Queue.KeepAliveTimeout = DefaultKeepAliveTimeout
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}

@@ -37,10 +37,12 @@ type Config struct {
 	// DeadConnTimeout lets I/O wait this long for a new connection when all
 	// have died, instead of failing at once (NBD_ATTR_DEAD_CONN_TIMEOUT).
 	DeadConnTimeout time.Duration
-	DevDir          string // where rbdiN links go (default /dev)
-	Log             *slog.Logger
-	Collector       *stats.Collector
-	Sysfs           nbd.Sysfs
+	// KeepAlive and KeepAliveTimeout: see client.QueueConfig.
+	KeepAlive, KeepAliveTimeout time.Duration
+	DevDir                      string // where rbdiN links go (default /dev)
+	Log                         *slog.Logger
+	Collector                   *stats.Collector
+	Sysfs                       nbd.Sysfs
 }
 
 // Defaults.
@@ -156,8 +158,9 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	d.log = m.log.With("device", d.Name(), "target", to, "export", req.Export)
 	d.state.Store(StateConnecting)
 	d.ctx, d.stop = context.WithCancel(context.Background())
-	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: d.log, Stats: d.Stats,
-		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline}}
+	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: m.log.With("device", d.Name()), Stats: d.Stats,
+		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline,
+			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout}}
 	sess, err := client.Dial(ctx, ccfg)
 	if err == nil && queues > 1 && sess.Export.Caps&wire.CapMultiConn == 0 {
 		// without cross-queue flush visibility the kernel must use one socket

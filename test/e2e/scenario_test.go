@@ -403,3 +403,33 @@ func TestLargeRequests(t *testing.T) {
 		}
 	}
 }
+
+// TestTargetHangs stops rbdt (SIGSTOP): its connections stay up in the
+// kernel, but nothing answers. The initiator's keepalive declares them dead,
+// so I/O fails promptly instead of hanging until the kernel's timeout, and
+// the device says why.
+func TestTargetHangs(t *testing.T) {
+	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
+		rbdiArgs: []string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--timeout", "120s"}})
+	dev := d.add("/dev/ram1")
+	run(t, "dd", "if=/dev/zero", "of="+dev, "bs=4k", "count=16", "oflag=direct", "status=none")
+	if err := d.rbdt.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer d.rbdt.Process.Signal(syscall.SIGCONT)
+	t0 := time.Now()
+	out, err := exec.Command("dd", "if="+dev, "of=/dev/null", "bs=4k", "count=1", "skip=100", "iflag=direct", "status=none").CombinedOutput()
+	took := time.Since(t0)
+	if err == nil {
+		t.Fatalf("read from a device whose target hangs succeeded")
+	}
+	t.Logf("read failed after %v: %s", took.Round(100*time.Millisecond), strings.TrimSpace(string(out)))
+	if took > 60*time.Second {
+		t.Fatalf("the failure took %v: the keepalive did not work", took)
+	}
+	list, _, _ := d.ctl("-l")
+	if !strings.Contains(list, "failed") || !strings.Contains(list, "did not answer") {
+		t.Fatalf("rbdctl -l does not show the failure:\n%s", list)
+	}
+	d.rbdt.Process.Signal(syscall.SIGCONT)
+}
