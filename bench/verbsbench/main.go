@@ -250,7 +250,7 @@ func server(c config, ready chan<- netip.AddrPort) (Result, error) {
 	}
 	ep, err := verbs.NewEndpoint(req.ID, verbs.EndpointConfig{QP: caps(1)})
 	if err != nil {
-		req.Reject(nil)
+		req.Reject([]byte("verbsbench: no resources")) // frees the id
 		return res, err
 	}
 	defer ep.Close()
@@ -306,6 +306,7 @@ func connect(ctx context.Context, c config) (*verbs.Endpoint, verbs.CMEvent, ver
 		}
 		ep, err := verbs.NewEndpoint(id, verbs.EndpointConfig{QP: caps(c.qd), CQEntries: c.qd + 1})
 		if err != nil {
+			id.Close() // on failure the id stays ours
 			return nil, verbs.CMEvent{}, info, 0, err
 		}
 		ev, err := ep.ID.Connect(ctx, verbs.ConnParam{PrivateData: []byte(helloMagic), ResponderResources: 0, InitiatorDepth: uint8(rd), RetryCount: 7, RNRRetryCount: 7})

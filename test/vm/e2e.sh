@@ -8,7 +8,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 VM=test/vm/vm.sh
-PKGS=${E2E_PKGS:-./internal/verbs ./test/e2e/...}
+PKGS=${E2E_PKGS:-./internal/verbs ./internal/nbd ./test/e2e/...}
 T0=$(date +%s)
 dir=$($VM start) || { [ -n "$dir" ] && $VM stop "$dir"; exit 125; }
 trap '$VM stop "$dir" >/dev/null 2>&1' INT TERM
