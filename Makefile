@@ -44,8 +44,8 @@ test: unit e2e ## unit + e2e: the README's test command
 demo: ## the seed's scenario end to end (in the guest when this kernel lacks RDMA/NBD)
 	@scripts/demo.sh
 
-bench: ## benchmarks into bench/results/
-	@echo "make bench: not yet: needs the verbs benchmark (issue 3) and the rbd data path (issues 4, 5)"; exit 1
+bench: build vm ## benchmarks in the guest, results into bench/results/
+	bench/run.sh
 
 install: build ## install programs, systemd units, man pages, configs (PREFIX=/usr/local, DESTDIR)
 	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 \
