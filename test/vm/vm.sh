@@ -13,6 +13,7 @@
 # Exit codes: CMD's own; 125 when the guest died or never answered.
 # Env: VM_MEM (4G) VM_SMP (2) VM_TIMEOUT (3600 s, whole guest) VM_ACCEL (tcg|kvm)
 #      VM_ENV="NAME..." extra variables to pass in   VM_KEEP=1 keep the session folder
+#      VM_RW="DIR..." host folders the guest may write (mounted at the same path)
 #      VM_CONSOLE=1 echo the kernel console to stderr   RBD_VM_SETUP=0 skip guest-setup.sh in `run`
 #      VM_BOOT_TIMEOUT (600 s: TCG boots slowly when other guests share the cores)
 set -u
@@ -51,6 +52,13 @@ AGENT
     kvm) acc=(-accel kvm -cpu host) ;;
     *)   acc=(-accel tcg,thread=multi,tb-size=512 -cpu max) ;;
   esac
+  local rw=() i=0 d
+  for d in ${VM_RW:-}; do # host folders mounted read-write at the same path
+    d=$(realpath "$d") || die "VM_RW: no folder $d"
+    echo "$d" > "$out/rw$i"
+    rw+=(-fsdev local,id=rw$i,path="$d",security_model=none,multidevs=remap -device virtio-9p-pci,fsdev=rw$i,mount_tag=rw$i)
+    i=$((i+1))
+  done
   : > "$out/console.log"
   ( exec setsid timeout -k 5 "$tmo" qemu-system-x86_64 -nodefaults -no-user-config -machine q35 "${acc[@]}" \
       -smp "$smp" -m "$mem" -bios /usr/share/qemu/qboot.rom \
@@ -64,7 +72,7 @@ AGENT
       -fsdev local,id=fs1,path="$out",security_model=none \
       -device virtio-9p-pci,fsdev=fs1,mount_tag=vmout \
       -fsdev local,id=fs2,path="$CACHE/kernel/lib/modules",security_model=none,readonly=on \
-      -device virtio-9p-pci,fsdev=fs2,mount_tag=modules \
+      -device virtio-9p-pci,fsdev=fs2,mount_tag=modules "${rw[@]}" \
       < /dev/null > "$out/qemu.log" 2>&1; echo $? > "$out/qemu.rc" ) &
   echo $! > "$out/qemu.pid"
   [ "${VM_CONSOLE:-0}" = 1 ] && { tail -n +1 -f --pid="$(cat "$out/qemu.pid")" "$out/console.log" >&2 & }
