@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The tests below need an RDMA device with an address that rdma_cm can use
@@ -609,4 +611,63 @@ func TestNoLeaks(t *testing.T) {
 	if rss1-rss0 > 16<<10 {
 		t.Errorf("RSS grew by %d KiB", rss1-rss0)
 	}
+}
+
+// TestMemlockHint registers more memory than a small locked-memory limit
+// allows, in a child process without CAP_IPC_LOCK: the error says what limit
+// to raise.
+func TestMemlockHint(t *testing.T) {
+	dev := testDev(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv (util-linux) not found")
+	}
+	cmd := exec.Command(setpriv, "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "--",
+		os.Args[0], "-test.run=^TestHelperMemlock$", "-test.v")
+	cmd.Env = append(os.Environ(), "RBD_VERBS_HELPER_MEMLOCK="+dev)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "HINT-OK") {
+		t.Fatalf("helper output:\n%s", out)
+	}
+}
+
+// TestHelperMemlock is the child of TestMemlockHint.
+func TestHelperMemlock(t *testing.T) {
+	dev := os.Getenv("RBD_VERBS_HELPER_MEMLOCK")
+	if dev == "" {
+		t.Skip("helper process only")
+	}
+	lim := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
+	if err := unix.Setrlimit(unix.RLIMIT_MEMLOCK, &lim); err != nil {
+		t.Fatal(err)
+	}
+	ctx, err := OpenDevice(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Close()
+	pd, err := ctx.AllocPD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pd.Close()
+	buf, err := AllocBuffer(16 << 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer buf.Close()
+	mr, err := pd.Register(buf, AccessLocalWrite)
+	if err == nil {
+		mr.Close()
+		t.Fatal("registered 16 MiB under a 1 MiB locked-memory limit without CAP_IPC_LOCK")
+	}
+	t.Logf("%v", err)
+	if !errors.Is(err, syscall.ENOMEM) || !strings.Contains(err.Error(), "ibv_reg_mr") ||
+		!strings.Contains(err.Error(), "locked-memory limit is 1024 KiB") || !strings.Contains(err.Error(), "LimitMEMLOCK=infinity") {
+		t.Fatalf("error does not say what to raise: %v", err)
+	}
+	fmt.Println("HINT-OK")
 }
