@@ -18,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"rbd/internal/api"
 	"rbd/internal/daemon"
 	"rbd/internal/stats"
 )
@@ -147,24 +148,11 @@ func explain(err error, who, path string) error {
 	return err
 }
 
-// DeviceInfo mirrors rbdi's answer.
-type DeviceInfo struct {
-	Name       string    `json:"name"`
-	Path       string    `json:"path"`
-	NBD        string    `json:"nbd"`
-	Target     string    `json:"target"`
-	TargetAddr string    `json:"target_addr"`
-	Export     string    `json:"export"`
-	State      string    `json:"state"`
-	Reason     string    `json:"reason,omitempty"`
-	Size       uint64    `json:"size"`
-	BlockSize  uint32    `json:"block_size"`
-	ReadOnly   bool      `json:"read_only"`
-	Queues     int       `json:"queues"`
-	SlotSize   int       `json:"slot_size"`
-	Inline     int       `json:"inline"`
-	Since      time.Time `json:"since"`
-}
+// DeviceInfo and TargetStatus are the daemons' answers.
+type (
+	DeviceInfo   = api.Device
+	TargetStatus = api.TargetStatus
+)
 
 func add(ctx context.Context, cmd *cobra.Command, o *options) error {
 	req := map[string]any{"target": o.addr, "port": o.port, "export": o.dev, "read_only": o.readOnly, "queues": o.queues}
@@ -177,26 +165,6 @@ func add(ctx context.Context, cmd *cobra.Command, o *options) error {
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), d.Path)
 	return nil
-}
-
-// TargetStatus mirrors rbdt's answer.
-type TargetStatus struct {
-	Role    string   `json:"role"`
-	Listen  []string `json:"listen"`
-	Exports []struct {
-		Name     string `json:"name"`
-		ReadOnly bool   `json:"read_only"`
-		Shared   bool   `json:"shared"`
-	} `json:"exports"`
-	Sessions []struct {
-		ID       string    `json:"id"`
-		Export   string    `json:"export"`
-		Peer     string    `json:"peer"`
-		ReadOnly bool      `json:"read_only"`
-		Queues   int       `json:"queues"`
-		Conns    int       `json:"connections"`
-		Since    time.Time `json:"since"`
-	} `json:"sessions"`
 }
 
 // listTimeout bounds each daemon's answer to -l: a stopped or hung daemon
@@ -273,7 +241,11 @@ func list(ctx context.Context, cmd *cobra.Command, o *options) error {
 		if !iDown {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "target listening on %s\n", strings.Join(ts.Listen, ", "))
+		var addrs []string
+		for _, a := range ts.Listen {
+			addrs = append(addrs, a.String())
+		}
+		fmt.Fprintf(w, "target listening on %s\n", strings.Join(addrs, ", "))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "EXPORT\tMODE\tSESSIONS")
 		for _, e := range ts.Exports {

@@ -16,10 +16,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"rbd/internal/api"
 	"rbd/internal/client"
 	"rbd/internal/daemon"
 	"rbd/internal/initiator"
@@ -92,23 +92,9 @@ devices through its control socket.`,
 }
 
 func loadConfig(path string) (*fileConfig, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var fc fileConfig
-	if err := toml.NewDecoder(f).DisallowUnknownFields().Decode(&fc); err != nil {
-		var de *toml.DecodeError
-		if errors.As(err, &de) {
-			row, col := de.Position()
-			return nil, fmt.Errorf("%s:%d:%d: %v", path, row, col, de)
-		}
-		var sm *toml.StrictMissingError
-		if errors.As(err, &sm) {
-			return nil, fmt.Errorf("%s: %s", path, sm.String())
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := daemon.LoadTOML(path, &fc); err != nil {
+		return nil, err
 	}
 	for i, d := range fc.Device {
 		if d.Target == "" || d.Export == "" {
@@ -235,34 +221,6 @@ func run(cmd *cobra.Command, o *options) error {
 	return nil
 }
 
-// DeviceInfo is a device as the control socket shows it.
-type DeviceInfo struct {
-	Name       string    `json:"name"`
-	Path       string    `json:"path"`
-	NBD        string    `json:"nbd"`
-	Target     string    `json:"target"`
-	TargetAddr string    `json:"target_addr"`
-	Export     string    `json:"export"`
-	State      string    `json:"state"`
-	Reason     string    `json:"reason,omitempty"`
-	Size       uint64    `json:"size"`
-	BlockSize  uint32    `json:"block_size"`
-	ReadOnly   bool      `json:"read_only"`
-	Queues     int       `json:"queues"`
-	SlotSize   int       `json:"slot_size"`
-	Inline     int       `json:"inline"`
-	Since      time.Time `json:"since"`
-}
-
-func info(d *initiator.Device) DeviceInfo {
-	st, why := d.State()
-	s := d.Session()
-	qs := s.Queues()
-	return DeviceInfo{Name: d.Name(), Path: d.Path(), NBD: d.NBDPath(), Target: d.TargetName, TargetAddr: d.Target.String(),
-		Export: d.Export, State: st, Reason: why, Size: s.Export.Size, BlockSize: s.Export.LogicalBlockSize,
-		ReadOnly: d.ReadOnly, Queues: len(qs), SlotSize: qs[0].SlotSize(), Inline: qs[0].Inline(), Since: d.Since}
-}
-
 func apiError(w http.ResponseWriter, err error) {
 	var ie *initiator.Error
 	if errors.As(err, &ie) {
@@ -278,9 +236,9 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 		daemon.WriteJSON(w, http.StatusOK, map[string]any{"role": "initiator"})
 	})
 	mux.HandleFunc("GET /v1/devices", func(w http.ResponseWriter, r *http.Request) {
-		out := []DeviceInfo{}
+		out := []api.Device{}
 		for _, d := range m.List() {
-			out = append(out, info(d))
+			out = append(out, d.Info())
 		}
 		daemon.WriteJSON(w, http.StatusOK, out)
 	})
@@ -299,7 +257,7 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 			apiError(w, err)
 			return
 		}
-		daemon.WriteJSON(w, http.StatusOK, info(d))
+		daemon.WriteJSON(w, http.StatusOK, d.Info())
 	})
 	mux.HandleFunc("DELETE /v1/devices/{name}", func(w http.ResponseWriter, r *http.Request) {
 		if err := m.Remove(r.Context(), r.PathValue("name")); err != nil {
@@ -314,7 +272,7 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 			daemon.WriteError(w, http.StatusNotFound, err, "rbdctl -l lists the devices")
 			return
 		}
-		daemon.WriteJSON(w, http.StatusOK, map[string]any{"device": info(d), "stats": d.Stats.Snapshot()})
+		daemon.WriteJSON(w, http.StatusOK, map[string]any{"device": d.Info(), "stats": d.Stats.Snapshot()})
 	})
 	return mux
 }

@@ -7,12 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
 
-	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/cobra"
 
 	"rbd/internal/daemon"
@@ -88,24 +86,9 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 }
 
 func loadConfig(path string) (*fileConfig, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
 	var fc fileConfig
-	dec := toml.NewDecoder(f).DisallowUnknownFields()
-	if err := dec.Decode(&fc); err != nil {
-		var de *toml.DecodeError
-		if errors.As(err, &de) {
-			row, col := de.Position()
-			return nil, fmt.Errorf("%s:%d:%d: %v", path, row, col, de)
-		}
-		var sm *toml.StrictMissingError
-		if errors.As(err, &sm) {
-			return nil, fmt.Errorf("%s: %s", path, sm.String())
-		}
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := daemon.LoadTOML(path, &fc); err != nil {
+		return nil, err
 	}
 	return &fc, nil
 }
@@ -236,30 +219,10 @@ func run(cmd *cobra.Command, o *options) error {
 	return err
 }
 
-// Status is what GET /v1/status answers.
-type Status struct {
-	Role     string               `json:"role"`
-	Listen   []netip.AddrPort     `json:"listen"`
-	Exports  []ExportStatus       `json:"exports"`
-	Sessions []target.SessionInfo `json:"sessions"`
-}
-
-// ExportStatus describes an export.
-type ExportStatus struct {
-	Name     string `json:"name"`
-	ReadOnly bool   `json:"read_only"`
-	Shared   bool   `json:"shared"`
-}
-
 func controlHandler(srv *target.Server, coll *stats.Collector) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		st := Status{Role: "target", Listen: srv.Addrs(), Sessions: srv.Sessions()}
-		for _, e := range srv.Exports() {
-			c := e.Config()
-			st.Exports = append(st.Exports, ExportStatus{Name: e.Name(), ReadOnly: c.ReadOnly, Shared: c.Shared})
-		}
-		daemon.WriteJSON(w, http.StatusOK, st)
+		daemon.WriteJSON(w, http.StatusOK, srv.Status())
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("export")

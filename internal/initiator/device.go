@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"rbd/internal/api"
 	"rbd/internal/client"
 	"rbd/internal/nbd"
 	"rbd/internal/stats"
@@ -67,6 +68,16 @@ func itoa(n int) string {
 		return string(rune('0' + n))
 	}
 	return itoa(n/10) + string(rune('0'+n%10))
+}
+
+// Info describes the device.
+func (d *Device) Info() api.Device {
+	st, why := d.State()
+	s := d.sess
+	qs := s.Queues()
+	return api.Device{Name: d.Name(), Path: d.Path(), NBD: d.NBDPath(), Target: d.TargetName, TargetAddr: d.Target.String(),
+		Export: d.Export, State: st, Reason: why, Size: s.Export.Size, BlockSize: s.Export.LogicalBlockSize,
+		ReadOnly: d.ReadOnly, Queues: len(qs), SlotSize: qs[0].SlotSize(), Inline: qs[0].Inline(), Since: d.Since}
 }
 
 // request is one NBD request in flight, served in one or more chunks of at

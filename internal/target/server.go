@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"rbd/internal/api"
 	"rbd/internal/stats"
 	"rbd/internal/verbs"
 	"rbd/internal/wire"
@@ -333,6 +334,19 @@ type SessionInfo struct {
 func (ss *session) info() SessionInfo {
 	return SessionInfo{ID: ss.id.String(), Export: ss.export.Name(), Peer: ss.peer.String(), ReadOnly: ss.readOnly,
 		Queues: ss.queues, Conns: len(ss.conns), Since: ss.since, Stats: ss.Stats}
+}
+
+// Status describes the target: where it listens, its exports and sessions.
+func (s *Server) Status() api.TargetStatus {
+	st := api.TargetStatus{Role: "target", Listen: s.Addrs(), Sessions: []api.Session{}}
+	for _, ss := range s.Sessions() {
+		st.Sessions = append(st.Sessions, api.Session{ID: ss.ID, Export: ss.Export, Peer: ss.Peer, ReadOnly: ss.ReadOnly,
+			Queues: ss.Queues, Conns: ss.Conns, Since: ss.Since})
+	}
+	for _, e := range s.exports.list {
+		st.Exports = append(st.Exports, api.Export{Name: e.Name(), ReadOnly: e.cfg.ReadOnly, Shared: e.cfg.Shared})
+	}
+	return st
 }
 
 // Sessions lists the sessions, by export and peer.

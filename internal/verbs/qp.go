@@ -47,33 +47,19 @@ func (id *CMID) CreateQP(pd *PD, sendCQ, recvCQ *CQ, caps QPCaps) (*QP, error) {
 
 // PostSend posts wrs as chains of up to MaxChain work requests, one call into C
 // per chain. It returns how many were posted: on error, those before it.
-func (qp *QP) PostSend(wrs []SendWR) (int, error) {
-	if !qp.lt.acquire() {
-		return 0, ErrClosed
-	}
-	defer qp.lt.release()
-	done := 0
-	for done < len(wrs) {
-		end := min(done+MaxChain, len(wrs))
-		n, err := cPostSend(qp.qp, wrs[done:end])
-		done += n
-		if err != nil {
-			return done, err
-		}
-	}
-	return done, nil
-}
+func (qp *QP) PostSend(wrs []SendWR) (int, error) { return postChains(qp, wrs, cPostSend) }
 
 // PostRecv posts receive work requests, like PostSend.
-func (qp *QP) PostRecv(wrs []RecvWR) (int, error) {
+func (qp *QP) PostRecv(wrs []RecvWR) (int, error) { return postChains(qp, wrs, cPostRecv) }
+
+func postChains[W SendWR | RecvWR](qp *QP, wrs []W, post func(unsafe.Pointer, []W) (int, error)) (int, error) {
 	if !qp.lt.acquire() {
 		return 0, ErrClosed
 	}
 	defer qp.lt.release()
 	done := 0
 	for done < len(wrs) {
-		end := min(done+MaxChain, len(wrs))
-		n, err := cPostRecv(qp.qp, wrs[done:end])
+		n, err := post(qp.qp, wrs[done:min(done+MaxChain, len(wrs))])
 		done += n
 		if err != nil {
 			return done, err

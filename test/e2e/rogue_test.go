@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -73,33 +72,6 @@ func (l *rogueLog) waitLine(d time.Duration, subs ...string) (string, bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// startRogueTarget is startTarget with a configuration and a recorded log.
-func startRogueTarget(t *testing.T, cfg target.Config) (*target.Server, netip.AddrPort, *rogueLog) {
-	t.Helper()
-	_, addr, _ := env(t)
-	rl := &rogueLog{}
-	cfg.Listen = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr(addr), 0)}
-	cfg.Log = slog.New(slog.NewTextHandler(rl, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	srv, err := target.NewServer(cfg)
-	if err != nil {
-		t.Fatalf("NewServer: %v", err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatalf("Listen: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Logf("target log:\n%s", rl.String())
-		}
-	})
-	return srv, srv.Addrs()[0], rl
 }
 
 // ---- the raw initiator
@@ -747,7 +719,7 @@ func stableFDs(t testing.TB) int {
 // TestRogue runs every hostile initiator against one target while a
 // legitimate session does verified I/O on /dev/ram1 the whole time.
 func TestRogue(t *testing.T) {
-	srv, to, tlog := startRogueTarget(t, target.Config{Exports: []target.ExportConfig{
+	srv, to, tlog := startTargetConfig(t, target.Config{Exports: []target.ExportConfig{
 		{Path: "/dev/ram1"},                 // the legitimate session's
 		{Path: "/dev/ram2"},                 // the rogues' read-write export
 		{Path: "/dev/ram3", ReadOnly: true}, // read-only
@@ -1415,7 +1387,7 @@ func TestRogueHelperProcess(t *testing.T) {
 // reject, also when they come all at once, and the limit frees up again.
 func TestRogueConnLimit(t *testing.T) {
 	const limit = 4
-	srv, to, _ := startRogueTarget(t, target.Config{MaxConns: limit, Exports: []target.ExportConfig{{Path: "/dev/ram1"}}})
+	srv, to, _ := startTargetConfig(t, target.Config{MaxConns: limit, Exports: []target.ExportConfig{{Path: "/dev/ram1"}}})
 	s := dialSession(t, to, "/dev/ram1", 1) // one of the limit's connections
 	lg := startLegit(t, s)
 	probe(t, srv, to)

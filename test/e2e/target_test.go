@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -24,15 +23,19 @@ import (
 // startTarget runs an in-process target on this run's address and a free port.
 func startTarget(t *testing.T, exports ...target.ExportConfig) (*target.Server, netip.AddrPort) {
 	t.Helper()
+	srv, ap, _ := startTargetConfig(t, target.Config{Exports: exports})
+	return srv, ap
+}
+
+// startTargetConfig is startTarget with a whole configuration; the target's
+// log is kept (and printed when the test fails, or with -v).
+func startTargetConfig(t *testing.T, cfg target.Config) (*target.Server, netip.AddrPort, *rogueLog) {
+	t.Helper()
 	_, addr, _ := env(t)
-	a := netip.MustParseAddr(addr)
-	var log *slog.Logger
-	if testing.Verbose() {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	} else {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	srv, err := target.NewServer(target.Config{Listen: []netip.AddrPort{netip.AddrPortFrom(a, 0)}, Exports: exports, Log: log})
+	rl := &rogueLog{}
+	cfg.Listen = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr(addr), 0)}
+	cfg.Log = slog.New(slog.NewTextHandler(rl, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv, err := target.NewServer(cfg)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}
@@ -42,8 +45,14 @@ func startTarget(t *testing.T, exports ...target.ExportConfig) (*target.Server, 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return srv, srv.Addrs()[0]
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if t.Failed() || testing.Verbose() {
+			t.Logf("target log:\n%s", rl.String())
+		}
+	})
+	return srv, srv.Addrs()[0], rl
 }
 
 func dialSession(t *testing.T, to netip.AddrPort, export string, queues int, mut ...func(*client.Config)) *client.Session {

@@ -1,0 +1,32 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/pelletier/go-toml/v2"
+)
+
+// LoadTOML decodes the TOML file at path into v, refusing keys v does not
+// have; errors name the file, line and column.
+func LoadTOML(path string, v any) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := toml.NewDecoder(f).DisallowUnknownFields().Decode(v); err != nil {
+		var de *toml.DecodeError
+		if errors.As(err, &de) {
+			row, col := de.Position()
+			return fmt.Errorf("%s:%d:%d: %v", path, row, col, de)
+		}
+		var sm *toml.StrictMissingError
+		if errors.As(err, &sm) {
+			return fmt.Errorf("%s: %s", path, sm.String())
+		}
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
