@@ -213,7 +213,7 @@ func run(cmd *cobra.Command, o *options) error {
 		log.Info("persistent device mapped", "device", d.Path(), "target", req.Target, "export", req.Export)
 	}
 	daemon.Notify(fmt.Sprintf("READY=1\nSTATUS=%d device(s)", len(m.List())))
-	go daemon.Watchdog(ctx, nil)
+	go daemon.Watchdog(ctx, daemon.SelfCheck(control))
 	<-ctx.Done()
 	daemon.Notify("STOPPING=1")
 	log.Info("stopping: removing devices")
@@ -233,7 +233,7 @@ func apiError(w http.ResponseWriter, err error) {
 func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		daemon.WriteJSON(w, http.StatusOK, map[string]any{"role": "initiator"})
+		daemon.WriteJSON(w, http.StatusOK, map[string]any{"role": "initiator", "devices": len(m.List())})
 	})
 	mux.HandleFunc("GET /v1/devices", func(w http.ResponseWriter, r *http.Request) {
 		out := []api.Device{}

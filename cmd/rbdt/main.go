@@ -212,7 +212,7 @@ func run(cmd *cobra.Command, o *options) error {
 		return fmt.Errorf("%w (is the RDMA device up, e.g. rdma link add rxe0 type rxe netdev IFACE?)", err)
 	}
 	daemon.Notify("READY=1\nSTATUS=serving " + fmt.Sprint(len(cfg.Exports)) + " export(s)")
-	go daemon.Watchdog(ctx, nil)
+	go daemon.Watchdog(ctx, daemon.SelfCheck(control))
 	err = srv.Serve(ctx)
 	daemon.Notify("STOPPING=1")
 	log.Info("stopped")

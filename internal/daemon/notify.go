@@ -29,6 +29,7 @@ func Notify(state string) error {
 
 // Watchdog pings systemd's watchdog at half its interval while healthy
 // reports true, until ctx ends. It does nothing without WatchdogSec=.
+// SelfCheck makes a good healthy.
 func Watchdog(ctx context.Context, healthy func() bool) {
 	us, err := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
 	if err != nil || us <= 0 {
@@ -48,5 +49,17 @@ func Watchdog(ctx context.Context, healthy func() bool) {
 				Notify("WATCHDOG=1")
 			}
 		}
+	}
+}
+
+// SelfCheck reports whether the daemon answers on its own control socket
+// within a few seconds: its HTTP server, and the locks its status takes,
+// are not stuck.
+func SelfCheck(control string) func() bool {
+	c := NewClient(control)
+	return func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return c.Do(ctx, "GET", "/v1/status", nil, nil) == nil
 	}
 }

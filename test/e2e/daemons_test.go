@@ -61,6 +61,8 @@ type daemonOpts struct {
 	exports  []string // rbdt --export values; none: no rbdt
 	rbdiArgs []string
 	noRbdi   bool
+	// extra environment of each daemon (NOTIFY_SOCKET, WATCHDOG_USEC)
+	rbdtEnv, rbdiEnv []string
 }
 
 func startDaemons(t *testing.T, o daemonOpts) *daemons {
@@ -75,20 +77,21 @@ func startDaemons(t *testing.T, o daemonOpts) *daemons {
 		for _, e := range o.exports {
 			args = append(args, "--export", e)
 		}
-		d.rbdt, d.tlog = d.start("rbdt", args, d.tsock)
+		d.rbdt, d.tlog = d.start("rbdt", args, d.tsock, o.rbdtEnv)
 	}
 	if !o.noRbdi {
 		d.imetrics = freePort(t)
 		args := append([]string{"--control", d.isock, "--metrics-addr", d.imetrics, "--log-level", "debug"}, o.rbdiArgs...)
-		d.rbdi, d.ilog = d.start("rbdi", args, d.isock)
+		d.rbdi, d.ilog = d.start("rbdi", args, d.isock, o.rbdiEnv)
 	}
 	return d
 }
 
-func (d *daemons) start(name string, args []string, sock string) (*exec.Cmd, *bytes.Buffer) {
+func (d *daemons) start(name string, args []string, sock string, env []string) (*exec.Cmd, *bytes.Buffer) {
 	t := d.t
 	var log bytes.Buffer
 	cmd := exec.Command(filepath.Join(d.bin, name), args...)
+	cmd.Env = append(os.Environ(), env...)
 	lw := &lockedWriter{w: &log}
 	cmd.Stdout, cmd.Stderr = lw, lw
 	if err := cmd.Start(); err != nil {

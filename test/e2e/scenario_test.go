@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -432,4 +433,59 @@ func TestTargetHangs(t *testing.T) {
 		t.Fatalf("rbdctl -l does not show the failure:\n%s", list)
 	}
 	d.rbdt.Process.Signal(syscall.SIGCONT)
+}
+
+// TestSystemdNotify runs both daemons as a Type=notify unit with a watchdog
+// would: READY=1 once they serve, WATCHDOG=1 pings while healthy, STOPPING=1
+// at the end.
+func TestSystemdNotify(t *testing.T) {
+	env(t)
+	listen := func(name string) (string, <-chan string) {
+		path := filepath.Join(t.TempDir(), name)
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		ch := make(chan string, 64)
+		go func() {
+			b := make([]byte, 4096)
+			for {
+				n, err := c.Read(b)
+				if err != nil {
+					return
+				}
+				ch <- string(b[:n])
+			}
+		}()
+		return path, ch
+	}
+	tpath, tch := listen("rbdt.notify")
+	ipath, ich := listen("rbdi.notify")
+	wd := "WATCHDOG_USEC=1000000"
+	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
+		rbdtEnv: []string{"NOTIFY_SOCKET=" + tpath, wd}, rbdiEnv: []string{"NOTIFY_SOCKET=" + ipath, wd}})
+	expect := func(who string, ch <-chan string, want string) {
+		t.Helper()
+		deadline := time.After(30 * time.Second)
+		for {
+			select {
+			case m := <-ch:
+				if strings.Contains(m, want) {
+					t.Logf("%s: %q", who, m)
+					return
+				}
+			case <-deadline:
+				t.Fatalf("%s sent no %s", who, want)
+			}
+		}
+	}
+	expect("rbdt", tch, "READY=1")
+	expect("rbdi", ich, "READY=1")
+	expect("rbdt", tch, "WATCHDOG=1")
+	expect("rbdi", ich, "WATCHDOG=1")
+	d.rbdi.Process.Signal(syscall.SIGTERM)
+	d.rbdt.Process.Signal(syscall.SIGTERM)
+	expect("rbdi", ich, "STOPPING=1")
+	expect("rbdt", tch, "STOPPING=1")
 }
