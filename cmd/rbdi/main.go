@@ -183,25 +183,11 @@ func run(cmd *cobra.Command, o *options) error {
 	m := initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
 		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
 		Log: log, Collector: coll})
-	ctl, err := daemon.ListenControl(control)
+	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(control)
-	go daemon.ServeControl(ctx, ctl, controlHandler(m, coll))
-	if metricsAddr != "" {
-		reg := stats.NewRegistry(coll)
-		errc := make(chan error, 1)
-		go func() { errc <- stats.Serve(ctx, metricsAddr, stats.Handler(reg)) }()
-		select {
-		case err := <-errc:
-			if err != nil {
-				return fmt.Errorf("metrics: %w", err)
-			}
-		case <-time.After(100 * time.Millisecond):
-		}
-		log.Info("metrics", "addr", metricsAddr)
-	}
+	defer stopServices()
 	for _, req := range devices { // persistent devices, in file order
 		actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		d, err := m.Add(actx, req)

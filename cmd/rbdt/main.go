@@ -189,25 +189,11 @@ func run(cmd *cobra.Command, o *options) error {
 			coll.Remove(key)
 		}
 	}
-	ctl, err := daemon.ListenControl(control)
+	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll), metricsAddr, coll, log)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(control)
-	go daemon.ServeControl(ctx, ctl, controlHandler(srv, coll))
-	if metricsAddr != "" {
-		reg := stats.NewRegistry(coll)
-		errc := make(chan error, 1)
-		go func() { errc <- stats.Serve(ctx, metricsAddr, stats.Handler(reg)) }()
-		select {
-		case err := <-errc:
-			if err != nil {
-				return fmt.Errorf("metrics: %w", err)
-			}
-		default:
-		}
-		log.Info("metrics", "addr", metricsAddr)
-	}
+	defer stopServices()
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("%w (is the RDMA device up, e.g. rdma link add rxe0 type rxe netdev IFACE?)", err)
 	}
