@@ -2,11 +2,16 @@ package daemon
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"rbd/internal/stats"
 )
 
 // notifySocket listens where systemd would, and returns what arrives.
@@ -76,5 +81,31 @@ func TestWatchdog(t *testing.T) {
 	Watchdog(ctx, func() bool { return false })
 	if len(ch) != 0 {
 		t.Fatalf("pinged while unhealthy: %q", <-ch)
+	}
+}
+
+// A busy metrics address or a second daemon on the control socket fails at
+// start, before the daemon goes on.
+func TestServicesBindErrors(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	coll := stats.NewCollector(stats.RoleTarget)
+	if _, err := Services(ctx, ctl, http.NotFoundHandler(), busy.Addr().String(), coll, log); err == nil || !strings.Contains(err.Error(), "metrics") {
+		t.Fatalf("busy metrics address: want an error, got %v", err)
+	}
+	stop, err := Services(ctx, ctl, http.NotFoundHandler(), "127.0.0.1:0", coll, log)
+	if err != nil {
+		t.Fatalf("Services: %v", err)
+	}
+	defer stop()
+	if _, err := Services(ctx, ctl, http.NotFoundHandler(), "", coll, log); err == nil || !strings.Contains(err.Error(), "another daemon is running") {
+		t.Fatalf("second daemon on the control socket: want an error, got %v", err)
 	}
 }

@@ -68,6 +68,6 @@
 //
 // NewRegistry puts a Collector on a private registry together with the Go and
 // process collectors, Handler serves a registry with promhttp (OpenMetrics
-// negotiated), and Serve runs an HTTP server for /metrics until its context
-// ends.
+// negotiated), and ServeListener runs an HTTP server for /metrics until its
+// context ends.
 package stats

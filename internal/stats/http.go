@@ -40,23 +40,13 @@ func Handler(reg *prometheus.Registry) http.Handler {
 	}))
 }
 
-// shutdownTimeout bounds the graceful shutdown of Serve's server.
+// shutdownTimeout bounds the graceful shutdown of ServeListener's server.
 const shutdownTimeout = 5 * time.Second
 
-// Serve listens on addr (host:port over TCP) and serves h at /metrics until
-// ctx ends, then shuts the server down gracefully. It returns the listen
-// error at once (address in use, bad address), a serving error if the server
-// fails, and nil after a clean shutdown.
-func Serve(ctx context.Context, addr string, h http.Handler) error {
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
-	if err != nil {
-		return fmt.Errorf("stats: metrics listener: %w", err)
-	}
-	return ServeListener(ctx, ln, h)
-}
-
-// ServeListener is Serve on a listener the caller opened; it closes ln.
+// ServeListener serves h at /metrics on ln (which the caller bound, so that a
+// bad or busy address fails at start) until ctx ends, then shuts the server
+// down gracefully. It closes ln; it returns a serving error if the server
+// fails and nil after a clean shutdown.
 func ServeListener(ctx context.Context, ln net.Listener, h http.Handler) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)

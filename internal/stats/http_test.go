@@ -10,24 +10,6 @@ import (
 	"time"
 )
 
-func TestServeListenError(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan error, 1)
-	go func() { done <- Serve(context.Background(), ln.Addr().String(), http.NotFoundHandler()) }()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Error("Serve on a used address returned nil")
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve on a used address did not return")
-	}
-}
-
 func TestServeMetrics(t *testing.T) {
 	col := NewCollector(RoleInitiator)
 	c := NewCounters()
