@@ -114,6 +114,11 @@ func (d *Device) newRequest() *request {
 func (d *Device) serve(conn *nbd.Conn, q *client.Queue) {
 	defer d.wg.Done()
 	for {
+		// Commands are staged and posted in one chain per burst of requests:
+		// post the batch before a read that may wait.
+		if conn.Buffered() < nbd.RequestSize {
+			q.Kick()
+		}
 		r, err := conn.ReadRequest()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, nbd.ErrClosed) && d.ctx.Err() == nil {
@@ -170,7 +175,12 @@ func (r *request) fail(st wire.Status) {
 }
 
 // acquire takes a slot of q or fails the request when the queue is gone.
+// Before it waits for a slot, the staged commands go out (they hold slots).
 func (d *Device) acquire(q *client.Queue) (*client.Slot, error) {
+	if s := q.TryAcquire(); s != nil {
+		return s, nil
+	}
+	q.Kick()
 	return q.Acquire(d.ctx)
 }
 
@@ -182,7 +192,7 @@ func (d *Device) simple(conn *nbd.Conn, q *client.Queue, nr nbd.Request, op wire
 		r.finishEarly(wire.StatusShutdown, 1)
 		return
 	}
-	if err := s.Submit(op, flags, nr.Offset, nr.Length, r.chunkDone); err != nil {
+	if err := s.Stage(op, flags, nr.Offset, nr.Length, r.chunkDone); err != nil {
 		s.Release()
 		r.finishEarly(wire.StatusShutdown, 1)
 	}
@@ -206,12 +216,15 @@ func (d *Device) write(conn *nbd.Conn, q *client.Queue, nr nbd.Request) {
 			r.finishEarly(wire.StatusShutdown, n-k)
 			return
 		}
+		if conn.Buffered() < l {
+			q.Kick()
+		}
 		if err := conn.ReadPayload(s.Buf[:l]); err != nil {
 			s.Release()
 			r.finishEarly(wire.StatusShutdown, n-k)
 			return
 		}
-		if err := s.Submit(wire.OpWrite, flags, nr.Offset+uint64(off), uint32(l), r.chunkDone); err != nil {
+		if err := s.Stage(wire.OpWrite, flags, nr.Offset+uint64(off), uint32(l), r.chunkDone); err != nil {
 			s.Release()
 			r.finishEarly(wire.StatusShutdown, n-k)
 			return
@@ -226,6 +239,7 @@ func (d *Device) read(conn *nbd.Conn, q *client.Queue, nr nbd.Request) {
 	chunk := q.SlotSize()
 	n := max(1, (int(nr.Length)+chunk-1)/chunk)
 	if n > q.Depth()/2 {
+		q.Kick()
 		d.bigRead(conn, q, nr)
 		return
 	}
@@ -249,14 +263,14 @@ func (d *Device) read(conn *nbd.Conn, q *client.Queue, nr nbd.Request) {
 	for k, s := range r.slots {
 		off := k * chunk
 		l := min(chunk, int(nr.Length)-off)
-		if err := s.Submit(wire.OpRead, 0, nr.Offset+uint64(off), uint32(l), r.chunkDone); err != nil {
+		if err := s.Stage(wire.OpRead, 0, nr.Offset+uint64(off), uint32(l), r.chunkDone); err != nil {
 			r.finishEarly(wire.StatusShutdown, n-k)
 			return
 		}
 	}
 }
 
-// onChunk runs in the queue's poller when a chunk completes.
+// onChunk runs in the queue's loop when a chunk completes.
 func (r *request) onChunk(s *client.Slot, c client.Completion) {
 	if c.Status != wire.StatusOK {
 		r.fail(c.Status)
@@ -273,24 +287,33 @@ func (r *request) onChunk(s *client.Slot, c client.Completion) {
 		s.Release()
 	}
 	if r.pending.Add(-1) == 0 {
-		r.reply()
+		r.reply(true)
 	}
 }
 
-// finishEarly accounts for chunks that were never sent.
+// finishEarly accounts for chunks that were never sent (in the NBD reader).
 func (r *request) finishEarly(st wire.Status, unsent int) {
 	r.fail(st)
 	if r.pending.Add(-int32(unsent)) == 0 {
-		r.reply()
+		r.reply(false)
 	}
 }
 
-func (r *request) reply() {
+// reply answers the NBD request. From the queue's loop (deferred) the reply
+// only joins the socket's queue: the loop flushes it with the rest of its
+// batch, one writev (Queue.SetBatchEnd); elsewhere the writer goroutine
+// sends it.
+func (r *request) reply(deferred bool) {
 	st := wire.Status(r.status.Load())
 	var err error
-	if r.op == wire.OpRead && st == wire.StatusOK {
+	switch {
+	case r.op == wire.OpRead && st == wire.StatusOK && deferred:
+		err = r.conn.QueueReplyV(r.handle, 0, r.pieces, r.replied)
+	case r.op == wire.OpRead && st == wire.StatusOK:
 		err = r.conn.ReplyV(r.handle, 0, r.pieces, r.replied)
-	} else {
+	case deferred:
+		err = r.conn.QueueReply(r.handle, errnoOf(st), nil, r.replied)
+	default:
 		err = r.conn.Reply(r.handle, errnoOf(st), nil, r.replied)
 	}
 	if err != nil { // the socket is gone: nobody will call back

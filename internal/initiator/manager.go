@@ -241,6 +241,7 @@ func (m *Manager) connectNBD(nl *nbd.Client, d *Device) error {
 		}
 		kernel = append(kernel, kf)
 		d.conns = append(d.conns, conn)
+		q.SetBatchEnd(conn.Flush) // replies leave from the queue's loop, one writev per batch
 		d.wg.Add(1)
 		go d.serve(conn, q)
 	}
@@ -282,7 +283,13 @@ func (m *Manager) connectNBD(nl *nbd.Client, d *Device) error {
 	if err := m.cfg.Sysfs.SetScheduler(idx, "none"); err != nil {
 		d.log.Debug("scheduler", "err", err)
 	}
-	kb := uint32(d.sess.Queues()[0].SlotSize() / 1024)
+	// Requests up to 1 MiB reach rbd whole (the kernel splits larger ones):
+	// a request larger than a slot goes out as several commands in parallel,
+	// and bounding it by an eighth of the slots keeps it from starving the
+	// queue.
+	q0 := d.sess.Queues()[0]
+	kb := uint32(q0.SlotSize() / 1024)
+	kb = max(kb, min(1024, kb*uint32(max(1, q0.Depth()/8))))
 	if got, err := m.cfg.Sysfs.SetMaxSectorsKB(idx, kb); err != nil {
 		d.log.Warn("max_sectors_kb", "want", kb, "err", err)
 	} else if got < kb {

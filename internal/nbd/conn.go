@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -170,6 +171,12 @@ func (c *Conn) ReadRequest() (Request, error) {
 	return req, nil
 }
 
+// Buffered is how many bytes the read side holds already: ReadRequest does
+// not block while it is at least RequestSize, nor ReadPayload for as many
+// bytes. A server that batches its work flushes the batch before a read that
+// may block.
+func (c *Conn) Buffered() int { return c.rend - c.rpos }
+
 // ReadPayload reads the next len(dst) bytes of the current WRITE request's
 // payload into dst. It may be called several times to scatter one payload.
 // Bytes already buffered are copied; the rest is read from the socket
@@ -309,7 +316,43 @@ func (c *Conn) ReplyV(handle uint64, errno uint32, data [][]byte, done func()) e
 	return c.reply(handle, errno, data[0], data[1:], done)
 }
 
+// QueueReplyV is ReplyV without waking the writer goroutine: the reply waits
+// in the queue until Flush, the next Reply, or Close. A server that handles
+// completions in batches queues each batch's replies and then flushes once,
+// writing them with one writev from its own goroutine (no hand-off).
+func (c *Conn) QueueReplyV(handle uint64, errno uint32, data [][]byte, done func()) error {
+	if len(data) == 0 {
+		return c.enqueue(handle, errno, nil, nil, done, false)
+	}
+	return c.enqueue(handle, errno, data[0], data[1:], done, false)
+}
+
+// QueueReply is Reply without waking the writer goroutine (see QueueReplyV).
+func (c *Conn) QueueReply(handle uint64, errno uint32, data []byte, done func()) error {
+	return c.enqueue(handle, errno, data, nil, done, false)
+}
+
+// Flush writes the queued replies in the calling goroutine, batch by batch,
+// and runs their done callbacks there, unless the writer goroutine is
+// writing already (it then takes them). It may block while the socket is
+// full.
+func (c *Conn) Flush() {
+	c.mu.Lock()
+	if c.writing || len(c.queue) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	c.writing = true
+	c.drainLocked()
+	c.writing = false
+	c.mu.Unlock()
+}
+
 func (c *Conn) reply(handle uint64, errno uint32, data []byte, more [][]byte, done func()) error {
+	return c.enqueue(handle, errno, data, more, done, true)
+}
+
+func (c *Conn) enqueue(handle uint64, errno uint32, data []byte, more [][]byte, done func(), kick bool) error {
 	if errno != 0 {
 		data, more = nil, nil
 	}
@@ -325,7 +368,7 @@ func (c *Conn) reply(handle uint64, errno uint32, data []byte, more [][]byte, do
 	}
 	c.queue = append(c.queue, reply{data: data, more: more, done: done})
 	EncodeReply(c.queue[len(c.queue)-1].hdr[:], handle, errno)
-	if c.writing || c.kicked {
+	if !kick || c.writing || c.kicked {
 		// The writer is draining and takes it before it stops, or it
 		// has been woken already.
 		c.mu.Unlock()
@@ -352,10 +395,17 @@ func (c *Conn) writeLoop() {
 		}
 		c.mu.Lock()
 		c.kicked = false
-		c.writing = true
-		c.drainLocked()
-		c.writing = false
 		closed := c.closed
+		for closed && c.writing { // a Flush is draining: let it finish
+			c.mu.Unlock()
+			runtime.Gosched()
+			c.mu.Lock()
+		}
+		if !c.writing { // else a Flush is draining, and takes what is queued
+			c.writing = true
+			c.drainLocked()
+			c.writing = false
+		}
 		c.mu.Unlock()
 		if closed {
 			return // Reply queues nothing after Close

@@ -26,8 +26,17 @@ type Config struct {
 	MaxSlotSize   int // bytes, a multiple of 4096 (default 256 KiB)
 	MaxInline     int // bytes of inline data (default 4096; 0 disables)
 	MaxConns      int // connections at once (default 256)
-	// Workers per connection doing backend I/O (default: the queue depth, at most 64).
+	// Workers per connection doing backend I/O that may block (default: the
+	// queue depth, at most 64).
 	Workers int
+	// InlineIO: a READ or WRITE runs right where its request was polled,
+	// with no hand-off to a worker, while the backend's average time per
+	// READ or WRITE stays below this (default 200 µs; negative: always in
+	// workers). FLUSH, TRIM and WRITE_ZEROES always go to a worker.
+	InlineIO time.Duration
+	// Spin: how long a connection's loop polls an empty completion queue
+	// before it sleeps (default 0: at once).
+	Spin time.Duration
 
 	Log *slog.Logger
 }
@@ -38,6 +47,7 @@ const (
 	DefaultSlotSize   = 256 << 10
 	DefaultInline     = 4096
 	DefaultMaxConns   = 256
+	DefaultInlineIO   = 200 * time.Microsecond
 	maxWorkers        = 64
 	// maxRDMARead bounds the RDMA READs a connection serves at once.
 	maxRDMARead = 16
@@ -57,6 +67,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
+	}
+	if c.InlineIO == 0 {
+		c.InlineIO = DefaultInlineIO
 	}
 	switch {
 	case c.MaxQueueDepth < 1 || c.MaxQueueDepth > 4096:
@@ -202,9 +215,8 @@ func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
 		s.reject(req, wire.RejectBadRequest, err.Error())
 		return
 	}
-	ver, ok := wire.Negotiate(cd.MinVersion, cd.MaxVersion)
+	ver, ok, msg := wire.NegotiateConnect(&cd)
 	if !ok {
-		msg := fmt.Sprintf("this target speaks protocol versions %d..%d, the initiator %d..%d", wire.MinVersion, wire.MaxVersion, cd.MinVersion, cd.MaxVersion)
 		log.Warn("connect request refused", "err", msg)
 		s.reject(req, wire.RejectVersion, msg)
 		return
@@ -238,7 +250,11 @@ func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
 		slot = 4096
 	}
 	inline := min(int(cd.InlineMax), s.cfg.MaxInline)
-	c, err := newConn(s, req, depth, slot, inline)
+	p := connParams{version: ver, depth: depth, slotSize: slot, inline: inline}
+	if ver >= wire.VersionPush {
+		p.peerKey, p.peerAddr = cd.RegionKey, cd.RegionAddr
+	}
+	c, err := newConn(s, req, p)
 	if err != nil {
 		log.Error("cannot set up connection", "err", err)
 		s.reject(req, wire.RejectResources, "target: "+err.Error())

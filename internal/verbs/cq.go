@@ -105,6 +105,17 @@ func (cq *CQ) Arm() error {
 	return cReqNotifyCQ(cq.cq, false)
 }
 
+// ArmFor asks for an event at the next solicited completion (an incoming
+// message its sender marked solicited, or an error completion where the
+// device reports those) when solicitedOnly, else at the next completion.
+func (cq *CQ) ArmFor(solicitedOnly bool) error {
+	if !cq.lt.acquire() {
+		return ErrClosed
+	}
+	defer cq.lt.release()
+	return cReqNotifyCQ(cq.cq, solicitedOnly)
+}
+
 // WaitEvent parks until the channel reports an event for this CQ (Arm first),
 // without blocking a thread in C. Only one goroutine may wait on a channel.
 func (cq *CQ) WaitEvent(ctx context.Context) error {

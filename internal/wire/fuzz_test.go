@@ -13,15 +13,21 @@ func FuzzDecodeConnect(f *testing.F) {
 	(&Connect{MinVersion: 1, MaxVersion: 1, QueueDepth: 128, MaxIO: 1 << 18, InlineMax: 4096}).Encode(b)
 	f.Add(b)
 	f.Add([]byte("RBDC"))
+	v2 := make([]byte, 56)
+	(&Connect{MinVersion: 2, MaxVersion: 2, QueueDepth: 128, MaxIO: 1 << 18, InlineMax: 4096, RegionKey: 7, RegionAddr: 1 << 30}).Encode(v2)
+	f.Add(v2)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		c, err := DecodeConnect(in)
 		if err != nil {
 			return
 		}
-		out := make([]byte, ConnectSize)
-		c.Encode(out)
-		if !bytes.Equal(out, in[:ConnectSize]) {
-			t.Fatalf("re-encoded %x, input %x", out, in[:ConnectSize])
+		out := make([]byte, ConnectSizeV2)
+		n := c.Encode(out)
+		if !bytes.Equal(out[:n], in[:n]) {
+			t.Fatalf("re-encoded %x, input %x", out[:n], in[:n])
+		}
+		if _, ok, why := NegotiateConnect(&c); !ok && why == "" {
+			t.Fatal("refused without a reason")
 		}
 	})
 }

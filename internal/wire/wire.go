@@ -12,7 +12,11 @@ var le = binary.LittleEndian
 // Protocol versions this build speaks.
 const (
 	MinVersion = 1
-	MaxVersion = 1
+	MaxVersion = 2
+	// VersionPush is the first version in which the initiator registers its
+	// slots and the target pushes READ data into them (RDMA WRITE before the
+	// reply), so that a READ costs no RDMA READ round trip.
+	VersionPush = 2
 )
 
 // DefaultPort is the rdma_cm port rbdt listens on.
@@ -28,6 +32,9 @@ const (
 // Sizes of the fixed parts.
 const (
 	ConnectSize = 20
+	// ConnectSizeV2 is a connect request that carries the initiator's slot
+	// region (version 2).
+	ConnectSizeV2 = 32
 	AcceptSize  = 32
 	RejectHdr   = 8
 	// MaxRejectMessage keeps a reject within InfiniBand's 148 bytes.
@@ -63,9 +70,18 @@ type Connect struct {
 	QueueDepth             uint16 // slots (and credits) wanted
 	MaxIO                  uint32 // slot size wanted, bytes
 	InlineMax              uint32 // inline data wanted, bytes (0: none)
+	// The initiator's slot region (version 2): slot i at RegionAddr + i·S for
+	// the granted slot size S, in the memory region of RegionKey, registered
+	// for remote write. Zero (both): none, and the target picks version 1.
+	RegionKey  uint32
+	RegionAddr uint64
 }
 
-// Encode writes c into b (at least ConnectSize bytes) and returns the length.
+// HasRegion reports whether the request carries an initiator slot region.
+func (c *Connect) HasRegion() bool { return c.RegionKey != 0 || c.RegionAddr != 0 }
+
+// Encode writes c into b and returns the length: ConnectSizeV2 bytes when c
+// carries a region (b must hold them), ConnectSize otherwise.
 func (c *Connect) Encode(b []byte) int {
 	_ = b[ConnectSize-1]
 	le.PutUint32(b[0:], ConnectMagic)
@@ -75,7 +91,13 @@ func (c *Connect) Encode(b []byte) int {
 	le.PutUint16(b[10:], 0)
 	le.PutUint32(b[12:], c.MaxIO)
 	le.PutUint32(b[16:], c.InlineMax)
-	return ConnectSize
+	if !c.HasRegion() {
+		return ConnectSize
+	}
+	_ = b[ConnectSizeV2-1]
+	le.PutUint32(b[20:], c.RegionKey)
+	le.PutUint64(b[24:], c.RegionAddr)
+	return ConnectSizeV2
 }
 
 // DecodeConnect parses a connect request's private data (transports may pad it
@@ -95,6 +117,15 @@ func DecodeConnect(b []byte) (Connect, error) {
 	c.QueueDepth = le.Uint16(b[8:])
 	c.MaxIO = le.Uint32(b[12:])
 	c.InlineMax = le.Uint32(b[16:])
+	// a region only where version 2 is on offer: a version-1 initiator's
+	// padding or trailing bytes are not one
+	if len(b) >= ConnectSizeV2 && c.MaxVersion >= VersionPush {
+		c.RegionKey = le.Uint32(b[20:])
+		c.RegionAddr = le.Uint64(b[24:])
+		if c.RegionAddr+uint64(c.QueueDepth)*uint64(c.MaxIO) < c.RegionAddr {
+			return c, fmt.Errorf("%w: slot region at %#x wraps around", ErrInvalid, c.RegionAddr)
+		}
+	}
 	if c.MinVersion == 0 || c.MinVersion > c.MaxVersion {
 		return c, fmt.Errorf("%w: version range %d..%d", ErrInvalid, c.MinVersion, c.MaxVersion)
 	}
@@ -111,6 +142,24 @@ func Negotiate(peerMin, peerMax uint8) (uint8, bool) {
 		return 0, false
 	}
 	return v, true
+}
+
+// NegotiateConnect picks the version for a connect request: the highest both
+// speak, but version 1 when the request carries no slot region (version 2
+// needs one). ok is false when there is no common version, and why says so
+// for a person.
+func NegotiateConnect(c *Connect) (v uint8, ok bool, why string) {
+	v, ok = Negotiate(c.MinVersion, c.MaxVersion)
+	if ok && v >= VersionPush && !c.HasRegion() {
+		if c.MinVersion <= 1 {
+			return 1, true, ""
+		}
+		return 0, false, fmt.Sprintf("protocol version %d needs the initiator's slot region in the connect request, and it carries none", v)
+	}
+	if !ok {
+		return 0, false, fmt.Sprintf("this target speaks protocol versions %d..%d, the initiator %d..%d", MinVersion, MaxVersion, c.MinVersion, c.MaxVersion)
+	}
+	return v, true, ""
 }
 
 // Accept is the private data of the target's accept: the negotiated version

@@ -42,6 +42,54 @@ func TestDecodeConnectErrors(t *testing.T) {
 	}
 }
 
+func TestConnectV2RoundTrip(t *testing.T) {
+	c := Connect{MinVersion: 2, MaxVersion: 2, QueueDepth: 64, MaxIO: 256 << 10, InlineMax: 4096, RegionKey: 0x1234, RegionAddr: 0x7f0000000000}
+	b := make([]byte, 56)
+	if n := c.Encode(b); n != ConnectSizeV2 {
+		t.Fatalf("encoded %d bytes, want %d", n, ConnectSizeV2)
+	}
+	got, err := DecodeConnect(b)
+	if err != nil || got != c {
+		t.Fatalf("round trip: want %+v, got %+v (%v)", c, got, err)
+	}
+	// a version-1 request (20 bytes, padded) carries no region
+	(&Connect{MinVersion: 1, MaxVersion: 1, QueueDepth: 1, MaxIO: 4096}).Encode(b[:ConnectSize])
+	clear(b[ConnectSize:])
+	if got, err := DecodeConnect(b); err != nil || got.HasRegion() {
+		t.Fatalf("v1 request: %+v %v", got, err)
+	}
+	wrap := Connect{MinVersion: 2, MaxVersion: 2, QueueDepth: 2, MaxIO: 1 << 20, RegionKey: 1, RegionAddr: ^uint64(0) - 4096}
+	wrap.Encode(b)
+	if _, err := DecodeConnect(b); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("wrapping region: want ErrInvalid, got %v", err)
+	}
+}
+
+func TestNegotiateConnect(t *testing.T) {
+	region := func(c Connect) Connect { c.RegionKey, c.RegionAddr = 1, 4096; return c }
+	for _, tc := range []struct {
+		name string
+		c    Connect
+		want uint8
+		ok   bool
+		why  string
+	}{
+		{"v1 only", Connect{MinVersion: 1, MaxVersion: 1}, 1, true, ""},
+		{"v1..2 without region falls back", Connect{MinVersion: 1, MaxVersion: 2}, 1, true, ""},
+		{"v1..2 with region", region(Connect{MinVersion: 1, MaxVersion: 2}), 2, true, ""},
+		{"v2 with region", region(Connect{MinVersion: 2, MaxVersion: 9}), 2, true, ""},
+		{"v2 without region", Connect{MinVersion: 2, MaxVersion: 2}, 0, false, "slot region"},
+		{"too new", Connect{MinVersion: 3, MaxVersion: 4}, 0, false, "versions 1..2, the initiator 3..4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, ok, why := NegotiateConnect(&tc.c)
+			if v != tc.want || ok != tc.ok || !strings.Contains(why, tc.why) {
+				t.Fatalf("want %d %v %q, got %d %v %q", tc.want, tc.ok, tc.why, v, ok, why)
+			}
+		})
+	}
+}
+
 func TestNegotiate(t *testing.T) {
 	for _, tc := range []struct {
 		min, max uint8

@@ -126,7 +126,8 @@ type rogue struct {
 // connectData is the private data of a well-formed connect request.
 func connectData(depth uint16, maxIO, inline uint32) []byte {
 	b := make([]byte, wire.ConnectSize)
-	(&wire.Connect{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, QueueDepth: depth, MaxIO: maxIO, InlineMax: inline}).Encode(b)
+	// the rogue speaks version 1: it fetches READ data itself with RDMA READ
+	(&wire.Connect{MinVersion: 1, MaxVersion: 1, QueueDepth: depth, MaxIO: maxIO, InlineMax: inline}).Encode(b)
 	return b
 }
 
@@ -776,7 +777,8 @@ func rogueConnect(t *testing.T, to netip.AddrPort) {
 		{"reserved not zero", good(func(b []byte) { b[10] = 1 }), wire.RejectBadRequest, []string{"reserved field not zero"}},
 		{"version 0", withConnect(wire.Connect{MinVersion: 0, MaxVersion: 0, QueueDepth: 4, MaxIO: 4096}), wire.RejectBadRequest, []string{"version range 0..0"}},
 		{"version range inverted", withConnect(wire.Connect{MinVersion: 3, MaxVersion: 2, QueueDepth: 4, MaxIO: 4096}), wire.RejectBadRequest, []string{"version range 3..2"}},
-		{"no common version", withConnect(wire.Connect{MinVersion: 200, MaxVersion: 200, QueueDepth: 4, MaxIO: 4096}), wire.RejectVersion, []string{"versions 1..1, the initiator 200..200"}},
+		{"no common version", withConnect(wire.Connect{MinVersion: 200, MaxVersion: 200, QueueDepth: 4, MaxIO: 4096}), wire.RejectVersion, []string{fmt.Sprintf("versions %d..%d, the initiator 200..200", wire.MinVersion, wire.MaxVersion)}},
+		{"version 2 without a slot region", withConnect(wire.Connect{MinVersion: 2, MaxVersion: 2, QueueDepth: 4, MaxIO: 4096}), wire.RejectVersion, []string{"slot region"}},
 		{"zero queue depth", connectData(0, 64<<10, 4096), wire.RejectBadRequest, []string{"queue depth 0"}},
 		{"zero slot size", connectData(4, 0, 4096), wire.RejectBadRequest, []string{"max I/O 0"}},
 	} {
