@@ -102,7 +102,7 @@ func (q *Queue) nudge() {
 // watchCM turns the peer's disconnect into the end of the queue.
 func (q *Queue) watchCM() {
 	for {
-		ev, err := q.ep.ID.NextEvent(context.Background())
+		ev, err := q.ep.NextEvent(context.Background())
 		if err != nil {
 			return // closed
 		}

@@ -12,6 +12,7 @@ import (
 
 	"rbd/internal/ring"
 	"rbd/internal/stats"
+	"rbd/internal/transport"
 	"rbd/internal/verbs"
 	"rbd/internal/wire"
 )
@@ -94,7 +95,7 @@ type Queue struct {
 	sess  *Session
 	index int
 	log   *slog.Logger
-	ep    *verbs.Endpoint
+	ep    transport.Endpoint
 	ring  *ring.Ring
 	peer  netip.AddrPort
 
@@ -134,17 +135,13 @@ const idSend = 2 << 40
 func dialQueue(ctx context.Context, s *Session, index int) (*Queue, error) {
 	cfg := s.cfg
 	q := &Queue{sess: s, index: index, log: s.log.With("queue", index), stopped: make(chan struct{}), stats: s.Stats}
-	id, err := verbs.Resolve(ctx, cfg.Source, cfg.Target)
-	if err != nil {
-		return nil, err
-	}
 	want := cfg.Queue
 	// one reply per command; a few receives spare
 	nrecv := want.Depth + 4
-	q.ep, err = verbs.NewEndpoint(id, verbs.EndpointConfig{QP: verbs.QPCaps{
-		MaxSendWR: 2*want.Depth + 8, MaxRecvWR: nrecv, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInlineData: wire.HeaderSize}})
+	var err error
+	q.ep, err = cfg.Transport.Open(ctx, cfg.Source, cfg.Target, verbs.QPCaps{
+		MaxSendWR: 2*want.Depth + 8, MaxRecvWR: nrecv, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInlineData: wire.HeaderSize})
 	if err != nil {
-		id.Close()
 		return nil, err
 	}
 	// the target marks its replies solicited: completions of our own
@@ -167,7 +164,7 @@ func dialQueue(ctx context.Context, s *Session, index int) (*Queue, error) {
 	pd := make([]byte, wire.ConnectSizeV2)
 	(&wire.Connect{MinVersion: wire.VersionPush, MaxVersion: wire.MaxVersion, QueueDepth: uint16(want.Depth),
 		MaxIO: uint32(want.MaxIO), InlineMax: uint32(want.Inline), RegionKey: q.localMR.RKey, RegionAddr: q.localMR.Addr()}).Encode(pd)
-	ev, err := q.ep.ID.Connect(ctx, verbs.ConnParam{PrivateData: pd, InitiatorDepth: 0, ResponderResources: 0, RetryCount: 7, RNRRetryCount: 7})
+	ev, err := q.ep.Connect(ctx, verbs.ConnParam{PrivateData: pd, InitiatorDepth: 0, ResponderResources: 0, RetryCount: 7, RNRRetryCount: 7})
 	if err != nil {
 		q.free_()
 		return nil, connectError(cfg.Target, err)
@@ -187,7 +184,7 @@ func dialQueue(ctx context.Context, s *Session, index int) (*Queue, error) {
 	}
 	q.depth, q.slotSize, q.inline = int(acc.Depth), int(acc.SlotSize), int(acc.InlineMax)
 	q.remoteAddr, q.remoteKey = acc.SlotAddr, acc.SlotRKey
-	q.peer = q.ep.ID.RemoteAddr()
+	q.peer = q.ep.RemoteAddr()
 	q.slots = make([]Slot, q.depth)
 	q.free = make(chan int, q.depth)
 	for i := range q.slots {
@@ -282,7 +279,7 @@ func (q *Queue) drop(why string) {
 		}
 		q.why.Store(why)
 		q.dead.Store(true)
-		q.ep.ID.Disconnect()
+		q.ep.Disconnect()
 		q.ep.Wakeup()
 	})
 }

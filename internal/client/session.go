@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"rbd/internal/stats"
+	"rbd/internal/transport"
 	"rbd/internal/verbs"
 	"rbd/internal/wire"
 )
@@ -28,6 +29,8 @@ type Config struct {
 	Session wire.SessionID
 	Log     *slog.Logger
 	Stats   *stats.Counters
+	// Transport makes the queues' connections (default: RDMA over rdma_cm).
+	Transport transport.Dialer
 }
 
 // Defaults of QueueConfig.
@@ -78,6 +81,9 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	}
 	if cfg.Stats == nil {
 		cfg.Stats = stats.NewCounters()
+	}
+	if cfg.Transport == nil {
+		cfg.Transport = transport.RDMA{}
 	}
 	if cfg.Session == (wire.SessionID{}) {
 		rand.Read(cfg.Session[:])

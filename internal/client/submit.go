@@ -109,7 +109,7 @@ func (s *Slot) prepare(op wire.Op, flags uint8, offset uint64, length uint32, do
 	case op == wire.OpOpen:
 		w.NumSGE = 2
 		w.SGE[1] = q.localMR.SGE(s.index*q.slotSize, int(length))
-	case q.ep.QP.Caps.MaxInlineData >= wire.HeaderSize:
+	case q.ep.MaxInlineData() >= wire.HeaderSize:
 		w.Flags |= verbs.Inline
 	}
 	n++

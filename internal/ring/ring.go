@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"rbd/internal/transport"
 	"rbd/internal/verbs"
 	"rbd/internal/wire"
 )
@@ -29,7 +30,7 @@ type Config struct {
 // accessors are safe for concurrent use; Run, Repost and Defer belong to the
 // goroutine running the loop.
 type Ring struct {
-	ep        *verbs.Endpoint
+	ep        transport.Endpoint
 	buf       *verbs.Buffer
 	mr        *verbs.MR
 	nrecv     int
@@ -59,7 +60,7 @@ func RecvIndex(id uint64) (int, bool) {
 // New allocates and registers the ring's buffer in ep's protection domain and
 // posts every receive. On error the returned ring, if not nil, still holds
 // its buffer: Free it once ep is closed.
-func New(ep *verbs.Endpoint, cfg Config) (*Ring, error) {
+func New(ep transport.Endpoint, cfg Config) (*Ring, error) {
 	if cfg.Recvs <= 0 {
 		return nil, errors.New("ring: no receive contexts")
 	}
@@ -78,7 +79,7 @@ func New(ep *verbs.Endpoint, cfg Config) (*Ring, error) {
 	for i := range wrs {
 		wrs[i] = r.recvWR(i)
 	}
-	if _, err := ep.QP.PostRecv(wrs); err != nil {
+	if _, err := ep.PostRecv(wrs); err != nil {
 		return r, err // the buffer stays until Free: the QP may still hold receives
 	}
 	return r, nil
@@ -143,7 +144,7 @@ func (r *Ring) Repost(i int) { r.reposts = append(r.reposts, r.recvWR(i)) }
 func (r *Ring) RepostNow(i int) error {
 	var w [1]verbs.RecvWR
 	w[0] = r.recvWR(i)
-	_, err := r.ep.QP.PostRecv(w[:])
+	_, err := r.ep.PostRecv(w[:])
 	return err
 }
 
@@ -157,7 +158,7 @@ func (r *Ring) Defer(wrs ...verbs.SendWR) { r.sends = append(r.sends, wrs...) }
 func (r *Ring) Post(wrs []verbs.SendWR) error {
 	deadline := time.Time{}
 	for len(wrs) > 0 {
-		n, err := r.ep.QP.PostSend(wrs)
+		n, err := r.ep.PostSend(wrs)
 		wrs = wrs[n:]
 		if err == nil {
 			return nil
@@ -179,7 +180,7 @@ func (r *Ring) Post(wrs []verbs.SendWR) error {
 func (r *Ring) Flush() error {
 	var err error
 	if len(r.reposts) > 0 {
-		_, err = r.ep.QP.PostRecv(r.reposts)
+		_, err = r.ep.PostRecv(r.reposts)
 		r.reposts = r.reposts[:0]
 	}
 	if len(r.sends) > 0 {
@@ -212,7 +213,7 @@ type Loop struct {
 // Run is the connection's completion loop. It returns nil when Stopped says
 // so, verbs.ErrClosed when the endpoint is woken or closed, or the CQ's error.
 func (r *Ring) Run(l Loop) error {
-	cq := r.ep.CQ
+	cq := r.ep
 	for !l.Stopped() {
 		n, err := cq.Poll(r.wcs)
 		if err != nil {
@@ -227,7 +228,7 @@ func (r *Ring) Run(l Loop) error {
 			}
 		}
 		if n == 0 {
-			if err := cq.ArmFor(r.solicited); err != nil {
+			if err := cq.Arm(r.solicited); err != nil {
 				return err
 			}
 			if n, err = cq.Poll(r.wcs); err != nil {

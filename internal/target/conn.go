@@ -13,6 +13,7 @@ import (
 	"rbd/internal/backend"
 	"rbd/internal/ring"
 	"rbd/internal/stats"
+	"rbd/internal/transport"
 	"rbd/internal/verbs"
 	"rbd/internal/wire"
 )
@@ -27,7 +28,7 @@ type conn struct {
 	srv  *Server
 	log  *slog.Logger
 	peer netip.AddrPort
-	ep   *verbs.Endpoint
+	ep   transport.Endpoint
 	ring *ring.Ring
 
 	version                       uint8
@@ -81,34 +82,30 @@ type connParams struct {
 	peerAddr                uint64
 }
 
-func newConn(s *Server, req *verbs.ConnRequest, p connParams) (*conn, error) {
-	c := &conn{srv: s, peer: req.ID.RemoteAddr(), version: p.version, depth: p.depth, slotSize: p.slotSize, inline: p.inline,
+// newConn builds the connection's endpoint, slots and ring. On error the
+// returned conn (never nil) holds only buffers: reject the request (which
+// closes the endpoint), then freeBuffers.
+func newConn(s *Server, req transport.Request, p connParams) (*conn, error) {
+	c := &conn{srv: s, peer: req.RemoteAddr(), version: p.version, depth: p.depth, slotSize: p.slotSize, inline: p.inline,
 		nctx: 2 * p.depth, peerKey: p.peerKey, peerAddr: p.peerAddr, inlineIO: s.cfg.InlineIO}
 	c.log = s.log.With("peer", c.peer)
 	var err error
 	// each request may need a pushed WRITE and its reply
-	c.ep, err = verbs.NewEndpoint(req.ID, verbs.EndpointConfig{QP: verbs.QPCaps{
-		MaxSendWR: 2*c.nctx + 4, MaxRecvWR: c.nctx, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInlineData: wire.HeaderSize}})
-	if err != nil {
-		return nil, err
-	}
-	// on failure the request's identifier stays the caller's, to reject
-	fail := func(err error) (*conn, error) {
-		c.ep.ID = nil
-		c.free()
-		return nil, err
+	if c.ep, err = req.Endpoint(verbs.QPCaps{MaxSendWR: 2*c.nctx + 4, MaxRecvWR: c.nctx, MaxSendSGE: 2, MaxRecvSGE: 2,
+		MaxInlineData: wire.HeaderSize}); err != nil {
+		return c, err
 	}
 	if c.slots, err = verbs.AllocBuffer(c.depth * c.slotSize); err != nil {
-		return fail(err)
+		return c, err
 	}
 	if c.slotMR, err = c.ep.Register(c.slots, verbs.AccessLocalWrite|verbs.AccessRemoteWrite|verbs.AccessRemoteRead); err != nil {
-		return fail(err)
+		return c, err
 	}
 	// Version 2 initiators mark every message solicited: the loop sleeps
 	// through the completions of its own replies.
 	if c.ring, err = ring.New(c.ep, ring.Config{Recvs: c.nctx, Area: c.inline, Headers: c.nctx,
 		Solicited: c.version >= wire.VersionPush, Spin: s.cfg.Spin}); err != nil {
-		return fail(err)
+		return c, err
 	}
 	c.slotBusy = make([]atomic.Bool, c.depth)
 	c.ctxs = make([]reqCtx, c.nctx)
@@ -125,6 +122,12 @@ func (c *conn) free() {
 	if c.ep != nil {
 		c.ep.Close()
 	}
+	c.freeBuffers()
+}
+
+// freeBuffers releases the ring's and the slots' memory, once the endpoint
+// is closed.
+func (c *conn) freeBuffers() {
 	c.ring.Free()
 	if c.slots != nil {
 		c.slots.Close()
@@ -139,7 +142,7 @@ func (c *conn) free() {
 func (c *conn) drop(why string) {
 	c.dropOnce.Do(func() {
 		c.why.Store(why)
-		c.ep.ID.Disconnect()
+		c.ep.Disconnect()
 		c.dead.Store(true)
 		c.ep.Wakeup()
 	})
@@ -191,7 +194,7 @@ func (c *conn) serve(ctx context.Context) {
 		}()
 		// not WaitDisconnect: its own Disconnect could race with free
 		for {
-			ev, err := c.ep.ID.NextEvent(evctx)
+			ev, err := c.ep.NextEvent(evctx)
 			if err != nil {
 				return
 			}

@@ -148,7 +148,7 @@ func (c *conn) reply(i int, st wire.Status, n int, push, deferred bool) {
 	if n > 0 {
 		w.NumSGE = 2
 		w.SGE[1] = c.ring.RecvDataSGE(i, n)
-	} else if c.ep.QP.Caps.MaxInlineData >= wire.HeaderSize {
+	} else if c.ep.MaxInlineData() >= wire.HeaderSize {
 		w.Flags |= verbs.Inline
 	}
 	c.outstanding.Add(-1)

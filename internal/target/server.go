@@ -12,6 +12,7 @@ import (
 
 	"rbd/internal/api"
 	"rbd/internal/stats"
+	"rbd/internal/transport"
 	"rbd/internal/verbs"
 	"rbd/internal/wire"
 )
@@ -26,6 +27,8 @@ type Config struct {
 	MaxSlotSize   int // bytes, a multiple of 4096 (default 256 KiB)
 	MaxInline     int // bytes of inline data (default 4096; 0 disables)
 	MaxConns      int // connections at once (default 256)
+	// Transport is what the server listens on (default: RDMA over rdma_cm).
+	Transport transport.Network
 	// Workers per connection doing backend I/O that may block (default: the
 	// queue depth, at most 64).
 	Workers int
@@ -68,6 +71,9 @@ func (c *Config) setDefaults() error {
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
 	}
+	if c.Transport == nil {
+		c.Transport = transport.RDMA{}
+	}
 	if c.InlineIO == 0 {
 		c.InlineIO = DefaultInlineIO
 	}
@@ -92,7 +98,7 @@ type Server struct {
 	exports *exports
 
 	mu        sync.Mutex
-	listeners []*verbs.Listener
+	listeners []transport.Listener
 	sessions  map[wire.SessionID]*session
 	conns     map[*conn]struct{}
 	closing   bool
@@ -134,7 +140,7 @@ func (s *Server) Exports() []*Export { return s.exports.list }
 // bound, for example because no RDMA device serves the address.
 func (s *Server) Listen() error {
 	for _, a := range s.cfg.Listen {
-		ln, err := verbs.Listen(a, 64)
+		ln, err := s.cfg.Transport.Listen(a)
 		if err != nil {
 			s.closeListeners()
 			return fmt.Errorf("listen on %s: %w", a, err)
@@ -161,7 +167,7 @@ func (s *Server) Addrs() []netip.AddrPort {
 // Serve accepts connections until ctx ends or Close is called.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
-	lns := append([]*verbs.Listener(nil), s.listeners...)
+	lns := append([]transport.Listener(nil), s.listeners...)
 	s.mu.Unlock()
 	if len(lns) == 0 {
 		return errors.New("rbdt: not listening")
@@ -180,7 +186,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) acceptLoop(ctx context.Context, ln *verbs.Listener) {
+func (s *Server) acceptLoop(ctx context.Context, ln transport.Listener) {
 	for {
 		req, err := ln.Accept(ctx)
 		if err != nil {
@@ -199,17 +205,17 @@ func (s *Server) acceptLoop(ctx context.Context, ln *verbs.Listener) {
 	}
 }
 
-func (s *Server) reject(req *verbs.ConnRequest, reason wire.RejectReason, msg string) {
+func (s *Server) reject(req transport.Request, reason wire.RejectReason, msg string) {
 	b := make([]byte, wire.RejectHdr+wire.MaxRejectMessage)
 	n := (&wire.Reject{MinVersion: wire.MinVersion, MaxVersion: wire.MaxVersion, Reason: reason, Message: msg}).Encode(b)
 	req.Reject(b[:n])
 }
 
 // handshake negotiates a new connection, builds its resources and accepts it.
-func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
-	peer := req.ID.RemoteAddr()
+func (s *Server) handshake(ctx context.Context, req transport.Request) {
+	peer := req.RemoteAddr()
 	log := s.log.With("peer", peer)
-	cd, err := wire.DecodeConnect(req.PrivateData)
+	cd, err := wire.DecodeConnect(req.PrivateData())
 	if err != nil {
 		log.Warn("connect request refused", "err", err)
 		s.reject(req, wire.RejectBadRequest, err.Error())
@@ -257,17 +263,18 @@ func (s *Server) handshake(ctx context.Context, req *verbs.ConnRequest) {
 	c, err := newConn(s, req, p)
 	if err != nil {
 		log.Error("cannot set up connection", "err", err)
-		s.reject(req, wire.RejectResources, "target: "+err.Error())
+		s.reject(req, wire.RejectResources, "target: "+err.Error()) // closes the endpoint too
+		c.freeBuffers()
 		return
 	}
 	acc := wire.Accept{Version: ver, Depth: uint16(depth), SlotSize: uint32(slot), InlineMax: uint32(inline),
 		SlotRKey: c.slotMR.RKey, SlotAddr: c.slotMR.Addr()}
 	pd := make([]byte, wire.AcceptSize)
 	acc.Encode(pd)
-	rd := min(req.ResponderResources, maxRDMARead)
+	rd := min(req.ResponderResources(), maxRDMARead)
 	actx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	if err := c.ep.ID.Accept(actx, verbs.ConnParam{PrivateData: pd, ResponderResources: rd, InitiatorDepth: 0, RetryCount: 7, RNRRetryCount: 7}); err != nil {
+	if err := c.ep.Accept(actx, verbs.ConnParam{PrivateData: pd, ResponderResources: rd, InitiatorDepth: 0, RetryCount: 7, RNRRetryCount: 7}); err != nil {
 		log.Warn("accept failed", "err", err)
 		c.free()
 		return

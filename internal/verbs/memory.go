@@ -151,6 +151,17 @@ func (pd *PD) RegisterRange(buf *Buffer, off, length int, access Access) (*MR, e
 	return &MR{mr: mr, buf: buf, b: b, LKey: lkey, RKey: rkey, Access: access}, nil
 }
 
+// NewSoftMR is a memory region of a software transport (the in-memory one of
+// internal/transport/memt): the whole of buf, with keys the transport chose,
+// registered with no device. Close releases only the buffer's pin.
+func NewSoftMR(buf *Buffer, lkey, rkey uint32, access Access) (*MR, error) {
+	b, err := buf.pin()
+	if err != nil {
+		return nil, err
+	}
+	return &MR{buf: buf, b: b, LKey: lkey, RKey: rkey, Access: access}, nil
+}
+
 // Bytes is the registered memory.
 func (m *MR) Bytes() []byte { return m.b }
 
@@ -168,7 +179,10 @@ func (m *MR) Close() error {
 		return nil
 	}
 	defer m.lt.unlock()
-	err := cDeregMR(m.mr)
+	var err error
+	if m.mr != nil {
+		err = cDeregMR(m.mr)
+	}
 	m.buf.unpin()
 	return err
 }
