@@ -1058,7 +1058,14 @@ func rogueCommands(t *testing.T, srv *target.Server, to netip.AddrPort, lg *legi
 	}
 	t.Run("same slot twice", func(t *testing.T) {
 		// The second command names slot 0 while the first holds it: EBUSY.
-		// The first may finish before the second is looked at; try again then.
+		// A target that runs READs in its loop finishes the first before it
+		// looks at the second, so this needs I/O in workers: a target of
+		// its own with InlineIO off. The first may still finish before the
+		// second is looked at; try again then.
+		wsrv, wto, _ := startTargetConfig(t, target.Config{InlineIO: -1, Exports: []target.ExportConfig{{Path: "/dev/ram0", ReadOnly: true}}})
+		r := dialRogue(t, wto, connectData(4, 64<<10, 4096))
+		r.mustOpen("/dev/ram0", wire.OpenReadOnly)
+		defer r.closeAndWait(t, wsrv)
 		for try := 1; ; try++ {
 			a := wire.Request{Op: wire.OpRead, Slot: 0, Length: slot, Handle: newHandle()}
 			b := wire.Request{Op: wire.OpRead, Slot: 0, Length: slot, Offset: uint64(slot), Handle: newHandle()}
