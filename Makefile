@@ -1,5 +1,10 @@
 # rbd: userspace RDMA block initiator/target. `make help` lists the targets.
 GO      ?= go
+# Go from go.dev/dl lives in /usr/local/go/bin, which root's PATH often lacks;
+# the scripts (test/vm/e2e.sh) run go too, hence PATH rather than GO.
+ifeq ($(shell command -v $(GO) 2>/dev/null),)
+export PATH := $(PATH):/usr/local/go/bin
+endif
 PREFIX  ?= /usr/local
 DESTDIR ?=
 BINS    := rbdt rbdi rbdctl
@@ -39,9 +44,16 @@ vm: ## fetch the guest kernel and build siw/rtrs/rnbd and the initramfs (cached)
 e2e: build vm ## the guest suite, over soft-RoCE and soft-iWARP
 	test/vm/e2e.sh
 
-test: unit e2e ## unit + e2e: the README's test command
+# test and demo are the README's two commands: each installs what it needs
+# first (scripts/deps.sh says nothing when all is there), so that they are the
+# whole set-up of a fresh machine. The rest of the work runs in a sub-make,
+# after the packages are there, even under make -j.
+test: ## install what is missing (deps), then unit + e2e: the README's test command
+	@scripts/deps.sh
+	@$(MAKE) --no-print-directory unit e2e
 
-demo: ## the seed's scenario end to end (in the guest when this kernel lacks RDMA/NBD)
+demo: ## install what is missing (deps), then the seed's scenario end to end (in the guest when this kernel lacks RDMA/NBD)
+	@scripts/deps.sh
 	@scripts/demo.sh
 
 bench: build vm ## benchmarks in the guest, results into bench/results/

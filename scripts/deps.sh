@@ -11,6 +11,11 @@ for p in $PKGS; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"
 done
 [ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: missing:$missing" >&2
+  echo "deps: run as root to install them: sudo make deps" >&2
+  exit 1
+fi
 echo "deps: installing:$missing"
 export DEBIAN_FRONTEND=noninteractive
 timeout 600 apt-get update -q >/dev/null
