@@ -8,6 +8,10 @@ endif
 PREFIX  ?= /usr/local
 DESTDIR ?=
 BINS    := rbdt rbdi rbdctl
+# --version and rbd_build_info (internal/version): git describe when this is a
+# git checkout, else the VCS information go build records, else "unknown".
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null)
+LDFLAGS := $(if $(VERSION),-X rbd/internal/version.Version=$(VERSION))
 export CGO_ENABLED := 1
 
 # `make install` layout (rbdt(8), rbdi(8), rbdctl(8) describe it). All three
@@ -29,7 +33,7 @@ all: build
 
 build: ## build rbdt, rbdi and rbdctl into bin/
 	@mkdir -p bin
-	$(if $(wildcard cmd/*),$(GO) build -trimpath -o bin/ $(addprefix ./,$(wildcard cmd/*)))
+	$(if $(wildcard cmd/*),$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./,$(wildcard cmd/*)))
 
 deps: ## install the Debian packages build, tests, demo and benchmarks need (idempotent)
 	@scripts/deps.sh

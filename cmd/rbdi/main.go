@@ -24,6 +24,7 @@ import (
 	"rbd/internal/daemon"
 	"rbd/internal/initiator"
 	"rbd/internal/stats"
+	"rbd/internal/version"
 )
 
 // DefaultMetricsPort is rbdi's documented Prometheus port (--metrics-addr :9466).
@@ -73,8 +74,11 @@ devices through its control socket.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd, &o) },
+		Version:       version.String(),
 	}
+	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
+	f.Bool("version", false, "print the version (and the Go version it was built with) and exit")
 	f.StringVarP(&o.config, "config", "c", "", "configuration file (TOML) with settings and persistent [[device]]s")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", fmt.Sprintf("serve Prometheus metrics on this address, e.g. :%d (off by default)", DefaultMetricsPort))
 	f.StringVar(&o.control, "control", DefaultControl, "control socket (rbdctl talks to it)")
@@ -170,6 +174,7 @@ func run(cmd *cobra.Command, o *options) error {
 	if err != nil {
 		return err
 	}
+	log.Info("starting", "version", version.String())
 	if err := protect(o.noMlock, log); err != nil {
 		return err
 	}
@@ -180,6 +185,8 @@ func run(cmd *cobra.Command, o *options) error {
 		inline = -1
 	}
 	coll := stats.NewCollector(stats.RoleInitiator, "nbd", "rdma_device", "interface")
+	build := version.Get()
+	coll.SetBuildInfo(build.Version, build.GoVersion)
 	m := initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
 		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
 		Log: log, Collector: coll})

@@ -16,6 +16,7 @@ import (
 	"rbd/internal/daemon"
 	"rbd/internal/stats"
 	"rbd/internal/target"
+	"rbd/internal/version"
 	"rbd/internal/wire"
 )
 
@@ -70,8 +71,11 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd, &o) },
+		Version:       version.String(),
 	}
+	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
+	f.Bool("version", false, "print the version (and the Go version it was built with) and exit")
 	f.StringVarP(&o.config, "config", "c", "", "configuration file (TOML), e.g. /etc/rbd/rbdt.toml")
 	f.StringArrayVarP(&o.listen, "listen", "l", nil, "address to listen on, ADDR[:PORT] (default 0.0.0.0:65000; repeatable)")
 	f.StringArrayVarP(&o.exports, "export", "e", nil, "export PATH[,ro][,shared][,bs=N] (repeatable)")
@@ -168,10 +172,13 @@ func run(cmd *cobra.Command, o *options) error {
 		return err
 	}
 	cfg.Log = log
+	log.Info("starting", "version", version.String())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	coll := stats.NewCollector(stats.RoleTarget, "path", "read_only")
+	build := version.Get()
+	coll.SetBuildInfo(build.Version, build.GoVersion)
 	srv, err := target.NewServer(cfg)
 	if err != nil {
 		return err
