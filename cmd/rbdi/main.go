@@ -187,9 +187,11 @@ func run(cmd *cobra.Command, o *options) error {
 	coll := stats.NewCollector(stats.RoleInitiator, "nbd", "rdma_device", "interface")
 	build := version.Get()
 	coll.SetBuildInfo(build.Version, build.GoVersion)
-	m := initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
+	var m *initiator.Manager
+	status := daemon.NewStatus(ctx)
+	m = initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
 		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
-		Log: log, Collector: coll})
+		Log: log, Collector: coll, OnChange: func() { status.Set(devicesStatus(m)) }})
 	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
 	if err != nil {
 		return err
@@ -199,19 +201,34 @@ func run(cmd *cobra.Command, o *options) error {
 		actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		d, err := m.Add(actx, req)
 		cancel()
+		var me *initiator.MappedError
+		if errors.As(err, &me) {
+			log.Warn("persistent device listed twice: mapped once", "device", me.Device.Path(), "target", req.Target, "export", req.Export)
+			continue
+		}
 		if err != nil {
 			log.Error("persistent device not mapped", "target", req.Target, "export", req.Export, "err", err)
 			continue
 		}
 		log.Info("persistent device mapped", "device", d.Path(), "target", req.Target, "export", req.Export)
 	}
-	daemon.Notify(fmt.Sprintf("READY=1\nSTATUS=%d device(s)", len(m.List())))
+	daemon.Notify("READY=1\nSTATUS=" + devicesStatus(m))
 	go daemon.Watchdog(ctx, daemon.SelfCheck(control))
 	<-ctx.Done()
 	daemon.Notify("STOPPING=1")
 	log.Info("stopping: removing devices")
 	m.Close()
 	return nil
+}
+
+// devicesStatus is rbdi's STATUS= line: "2 devices: 1 connected, 1 failed".
+func devicesStatus(m *initiator.Manager) string {
+	var states []string
+	for _, d := range m.List() {
+		st, _ := d.State()
+		states = append(states, st)
+	}
+	return daemon.DevicesStatus(states)
 }
 
 func apiError(w http.ResponseWriter, err error) {
@@ -236,7 +253,12 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 		daemon.WriteJSON(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST /v1/devices", func(w http.ResponseWriter, r *http.Request) {
-		var req initiator.AddRequest
+		var req struct {
+			initiator.AddRequest
+			// NoReuse: fail when the export is mapped already, instead of
+			// answering with that device (rbdctl --no-reuse)
+			NoReuse bool `json:"no_reuse"`
+		}
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
@@ -245,7 +267,14 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 60*time.Second)
 		defer cancel()
-		d, err := m.Add(ctx, req)
+		d, err := m.Add(ctx, req.AddRequest)
+		var me *initiator.MappedError
+		if errors.As(err, &me) && !req.NoReuse {
+			info := me.Device.Info()
+			info.Existing = true
+			daemon.WriteJSON(w, http.StatusOK, info)
+			return
+		}
 		if err != nil {
 			apiError(w, err)
 			return

@@ -6,9 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -188,13 +191,21 @@ func run(cmd *cobra.Command, o *options) error {
 		key := "export:" + e.Name()
 		coll.Add(key, stats.Labels{Export: e.Name()}, e.Stats)
 	}
+	status := daemon.NewStatus(ctx)
+	var smu sync.Mutex
+	sessions := map[string]string{} // session id -> export, for STATUS=
 	srv.OnSession = func(s target.SessionInfo, up bool) {
 		key := "session:" + s.ID
+		smu.Lock()
+		defer smu.Unlock()
 		if up {
 			coll.Add(key, stats.Labels{Export: s.Export, Session: s.ID}, s.Stats)
+			sessions[s.ID] = s.Export
 		} else {
 			coll.Remove(key)
+			delete(sessions, s.ID)
 		}
+		status.Set(daemon.SessionsStatus(slices.Collect(maps.Values(sessions)), len(srv.Exports())))
 	}
 	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll), metricsAddr, coll, log)
 	if err != nil {
@@ -204,7 +215,7 @@ func run(cmd *cobra.Command, o *options) error {
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("%w (is the RDMA device up, e.g. rdma link add rxe0 type rxe netdev IFACE?)", err)
 	}
-	daemon.Notify("READY=1\nSTATUS=serving " + fmt.Sprint(len(cfg.Exports)) + " export(s)")
+	daemon.Notify("READY=1\nSTATUS=" + daemon.SessionsStatus(nil, len(srv.Exports())))
 	go daemon.Watchdog(ctx, daemon.SelfCheck(control))
 	err = srv.Serve(ctx)
 	daemon.Notify("STOPPING=1")
