@@ -236,6 +236,38 @@ __start_rbdctl rbdctl "" rbdctl; printf '%s\n' "${COMPREPLY[@]}"`
 	}
 }
 
+// versionLine is what --version prints: "rbdt 2ee7d9b-dirty (go1.26.8)".
+var versionLine = regexp.MustCompile(`^(rbdt|rbdi|rbdctl) (\S+) \((go1\.[0-9][^)]*)\)\n$`)
+
+// checkVersions checks that the programs in dir, built by make, print the
+// version the Makefile stamped in: git describe of a commit of this
+// repository (the tree changes under other developers, so not necessarily
+// HEAD's), and the Go version.
+func checkVersions(t *testing.T, dir string) {
+	t.Helper()
+	for _, b := range []string{"rbdt", "rbdi", "rbdctl"} {
+		out, err := exec.Command(filepath.Join(dir, b), "--version").Output()
+		m := versionLine.FindStringSubmatch(string(out))
+		if err != nil || m == nil || m[1] != b {
+			t.Errorf("%s --version: %v %q", b, err, out)
+			continue
+		}
+		if _, err := exec.LookPath("git"); err != nil {
+			continue
+		}
+		if err := exec.Command("git", "-C", repoRoot(t), "rev-parse", "--git-dir").Run(); err != nil {
+			continue // not a checkout: the build information's version
+		}
+		v := strings.TrimSuffix(m[2], "-dirty")
+		if i := strings.LastIndex(v, "-g"); i >= 0 { // TAG-N-gHASH
+			v = v[i+2:]
+		}
+		if err := exec.Command("git", "-C", repoRoot(t), "cat-file", "-e", v+"^{commit}").Run(); err != nil {
+			t.Errorf("%s --version says %s: %s is no commit of this repository", b, m[2], v)
+		}
+	}
+}
+
 // verifyUnits runs systemd-analyze verify on the installed units, with the
 // installed tree as root (--root) so that the binaries their ExecStart=
 // names are looked up there. The root also needs the units they depend on
@@ -297,6 +329,7 @@ func TestInstall(t *testing.T) {
 	out := makeIn(t, "install", "DESTDIR="+dest, "PREFIX="+prefix)
 	t.Logf("make install:\n%s", out)
 	units := checkTree(t, dest, prefix, "/usr/local/lib/systemd/system")
+	checkVersions(t, filepath.Join(dest, prefix, "sbin"))
 
 	// the administrator's configuration survives a new install
 	cfg := filepath.Join(dest, "etc/rbd/rbdt.toml")
