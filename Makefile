@@ -66,8 +66,11 @@ demo: ## install what is missing (deps), then the seed's scenario end to end (in
 	@scripts/deps.sh
 	@scripts/demo.sh
 
-bench: build vm ## benchmarks in the guest, results into bench/results/
-	bench/run.sh
+# make bench: the block-device benchmark (BENCH=full, ~45 min; BENCH=quick, ~8 min),
+# or the verbs benchmark (BENCH=verbs); bench/run.sh describes them.
+BENCH ?= full
+bench: build vm ## benchmarks in the guest (BENCH=full|quick|verbs), results into bench/results/
+	BENCH=$(BENCH) bench/run.sh
 
 install: build ## install programs, systemd units, man pages, configs (PREFIX=/usr/local, DESTDIR)
 	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 \
