@@ -91,6 +91,14 @@ func checkTree(t *testing.T, dest, prefix, unitDir string) []string {
 			t.Error(err)
 		}
 	}
+	for _, d := range []string{"LICENSE", "CHANGELOG.md", "README.md"} {
+		if got, err := os.ReadFile(filepath.Join(dest, prefix, "share/doc/rbd", d)); err != nil {
+			t.Error(err)
+		} else if want, _ := os.ReadFile(filepath.Join(root, d)); !bytes.Equal(got, want) {
+			t.Errorf("share/doc/rbd/%s is not the tree's %s", d, d)
+		}
+	}
+	checkCompletions(t, dest, prefix)
 	var units []string
 	placeholder := regexp.MustCompile(`@[A-Z]+@`)
 	for _, name := range []string{"rbdt", "rbdi"} {
@@ -157,6 +165,109 @@ func checkTree(t *testing.T, dest, prefix, unitDir string) []string {
 	return units
 }
 
+// completions are where bash-completion, zsh (Debian's vendor-completions)
+// and fish look for rbdctl's, with what marks each shell's script.
+var completions = []struct{ shell, path, mark string }{
+	{"bash", "share/bash-completion/completions/rbdctl", "complete -o default -F __start_rbdctl rbdctl"},
+	{"zsh", "share/zsh/vendor-completions/_rbdctl", "#compdef rbdctl"},
+	{"fish", "share/fish/vendor_completions.d/rbdctl.fish", "complete -c rbdctl "},
+}
+
+// checkCompletions checks that make install generated rbdctl's completion
+// scripts, that they are what rbdctl completion prints and that each shell
+// there is loads its own: bash registers the completion of rbdctl and
+// completes its commands.
+func checkCompletions(t *testing.T, dest, prefix string) {
+	t.Helper()
+	rbdctl := filepath.Join(dest, prefix, "sbin/rbdctl")
+	for _, c := range completions {
+		path := filepath.Join(dest, prefix, c.path)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Error(err)
+			continue
+		}
+		if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s: mode %v, want 0644", path, fi.Mode().Perm())
+		}
+		if !strings.Contains(string(b), c.mark) {
+			t.Errorf("%s: no %q: not rbdctl's %s completion", path, c.mark, c.shell)
+		}
+		if want, err := exec.Command(rbdctl, "completion", c.shell).Output(); err != nil || !bytes.Equal(b, want) {
+			t.Errorf("%s is not the output of rbdctl completion %s (%v)", path, c.shell, err)
+		}
+		sh, err := exec.LookPath(c.shell)
+		if err != nil {
+			t.Logf("%s not installed: %s not loaded", c.shell, path)
+			continue
+		}
+		var script string
+		switch c.shell {
+		case "bash": // load it, then complete "rbdctl " as bash-completion would
+			// (with bash-completion's _get_comp_words_by_ref, or a stand-in)
+			script = `[ -r /usr/share/bash-completion/bash_completion ] && source /usr/share/bash-completion/bash_completion
+declare -F _get_comp_words_by_ref >/dev/null || _get_comp_words_by_ref() {
+	cur=${COMP_WORDS[COMP_CWORD]}; prev=${COMP_WORDS[COMP_CWORD-1]}; words=("${COMP_WORDS[@]}"); cword=$COMP_CWORD; }
+source "$1" && complete -p rbdctl && COMP_WORDS=(rbdctl ""); COMP_CWORD=1; COMP_LINE="rbdctl "; COMP_POINT=7;
+__start_rbdctl rbdctl "" rbdctl; printf '%s\n' "${COMPREPLY[@]}"`
+		case "zsh":
+			script = `autoload -U compinit && compinit -u && source "$1"`
+		case "fish":
+			script = `source $argv[1]`
+		}
+		args := []string{"-c", script, c.shell, path}
+		if c.shell == "fish" {
+			args = []string{"-c", script, path}
+		}
+		cmd := exec.Command(sh, args...)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(rbdctl)+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("%s cannot load %s: %v\n%s", c.shell, path, err, out)
+			continue
+		}
+		if c.shell == "bash" {
+			for _, w := range []string{"complete -o default -F __start_rbdctl rbdctl", "map", "unmap", "list", "stats", "completion"} {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("bash with %s: no %q in\n%s", path, w, out)
+				}
+			}
+		}
+	}
+}
+
+// versionLine is what --version prints: "rbdt 2ee7d9b-dirty (go1.26.8)".
+var versionLine = regexp.MustCompile(`^(rbdt|rbdi|rbdctl) (\S+) \((go1\.[0-9][^)]*)\)\n$`)
+
+// checkVersions checks that the programs in dir, built by make, print the
+// version the Makefile stamped in: git describe of a commit of this
+// repository (the tree changes under other developers, so not necessarily
+// HEAD's), and the Go version.
+func checkVersions(t *testing.T, dir string) {
+	t.Helper()
+	for _, b := range []string{"rbdt", "rbdi", "rbdctl"} {
+		out, err := exec.Command(filepath.Join(dir, b), "--version").Output()
+		m := versionLine.FindStringSubmatch(string(out))
+		if err != nil || m == nil || m[1] != b {
+			t.Errorf("%s --version: %v %q", b, err, out)
+			continue
+		}
+		if _, err := exec.LookPath("git"); err != nil {
+			continue
+		}
+		if err := exec.Command("git", "-C", repoRoot(t), "rev-parse", "--git-dir").Run(); err != nil {
+			continue // not a checkout: the build information's version
+		}
+		v := strings.TrimSuffix(m[2], "-dirty")
+		if i := strings.LastIndex(v, "-g"); i >= 0 { // TAG-N-gHASH
+			v = v[i+2:]
+		}
+		if err := exec.Command("git", "-C", repoRoot(t), "cat-file", "-e", v+"^{commit}").Run(); err != nil {
+			t.Errorf("%s --version says %s: %s is no commit of this repository", b, m[2], v)
+		}
+	}
+}
+
 // verifyUnits runs systemd-analyze verify on the installed units, with the
 // installed tree as root (--root) so that the binaries their ExecStart=
 // names are looked up there. The root also needs the units they depend on
@@ -218,6 +329,7 @@ func TestInstall(t *testing.T) {
 	out := makeIn(t, "install", "DESTDIR="+dest, "PREFIX="+prefix)
 	t.Logf("make install:\n%s", out)
 	units := checkTree(t, dest, prefix, "/usr/local/lib/systemd/system")
+	checkVersions(t, filepath.Join(dest, prefix, "sbin"))
 
 	// the administrator's configuration survives a new install
 	cfg := filepath.Join(dest, "etc/rbd/rbdt.toml")
@@ -240,6 +352,7 @@ func TestInstall(t *testing.T) {
 			"usr/local/lib/systemd/system/rbdt.service", "usr/local/lib/systemd/system/rbdi.service",
 			"usr/local/share/man/man8/rbdt.8", "usr/local/share/man/man8/rbdi.8", "usr/local/share/man/man8/rbdctl.8",
 			"usr/local/share/doc/rbd", "etc/rbd/rbdi.toml",
+			"usr/local/" + completions[0].path, "usr/local/" + completions[1].path, "usr/local/" + completions[2].path,
 		} {
 			if _, err := os.Lstat(filepath.Join(dest, p)); err == nil {
 				t.Errorf("make uninstall left %s", p)

@@ -1,7 +1,9 @@
 // Command rbdctl adds, removes and lists rbd devices and shows their stats,
 // with the flags of the 2015 rbdctl: -n/--new, -r/--rem, -l/--list, plus
-// -s/--stats (see rbdctl(8)). It talks to rbdi (and, on a target host, rbdt)
-// through their control sockets.
+// -s/--stats, or the same as commands: map, unmap, list, stats (see
+// rbdctl(8)). It talks to rbdi (and, on a target host, rbdt) through their
+// control sockets. It exits 0 when done, 1 when the action failed and 2 on
+// a usage error.
 package main
 
 import (
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -21,32 +24,112 @@ import (
 	"rbd/internal/api"
 	"rbd/internal/daemon"
 	"rbd/internal/stats"
+	"rbd/internal/version"
 )
 
 type options struct {
 	add, remove, list, showStats bool
+	noReuse                      bool
 	addr, dev                    string
 	port                         uint16
 	output                       string
 	socket, targetSocket         string
 	queues                       int
 	readOnly                     bool
+	verb                         string // the command given instead of -n, -r, -l, -s
 	timeout                      time.Duration
 }
 
+// Exit codes, as rbdctl(8) documents them.
+const (
+	exitOK     = 0 // done
+	exitFailed = 1 // the action failed
+	exitUsage  = 2 // the command line is wrong
+)
+
 func main() {
-	cmd := newRootCmd(os.Stdout)
-	if err := cmd.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "rbdctl:", err)
-		var ue *usageError
-		if errors.As(err, &ue) {
-			os.Exit(2)
+	os.Exit(execute(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// execute runs rbdctl with args and returns its exit code.
+func execute(args []string, stdout, stderr io.Writer) int {
+	cmd := newRootCmd(stdout)
+	cmd.SetArgs(args)
+	cmd.SetErr(stderr)
+	err := cmd.Execute()
+	if err != nil {
+		fmt.Fprintln(stderr, "rbdctl:", err)
+	}
+	return exitCode(err)
+}
+
+// usageError is a command line that is wrong; failure is an action that
+// failed. Errors that are neither come from cobra before any action started
+// (unknown flags and commands, flag groups, arguments): usage errors too.
+type (
+	usageError struct{ error }
+	failure    struct{ error }
+)
+
+func (e *usageError) Unwrap() error { return e.error }
+func (e *failure) Unwrap() error    { return e.error }
+
+func exitCode(err error) int {
+	var ue *usageError
+	var f *failure
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &ue):
+		return exitUsage
+	case errors.As(err, &f):
+		return exitFailed
+	}
+	return exitUsage
+}
+
+// action is the RunE of the root command and of the verbs: it runs the
+// action that o's flags (or the verb) chose, and marks what it returns as a
+// failure unless it is a usage error.
+func action(o *options, verb func()) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if verb != nil {
+			verb()
 		}
-		os.Exit(1)
+		err := run(cmd, o)
+		var ue *usageError
+		if err == nil || errors.As(err, &ue) {
+			return err
+		}
+		return &failure{err}
 	}
 }
 
-type usageError struct{ error }
+// noArgs refuses operands, naming the commands there are.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	if cmd.HasSubCommands() {
+		return fmt.Errorf("unknown command %q: the commands are map, unmap, list, stats and completion (rbdctl --help)", args[0])
+	}
+	return fmt.Errorf("%s takes no operands, got %q (the device goes with -d)", cmd.CommandPath(), args)
+}
+
+// The flags of the actions, on the root command (with -n, -r, -s) and on the
+// verbs that take them.
+func addrFlags(c *cobra.Command, o *options) {
+	f := c.Flags()
+	f.StringVarP(&o.addr, "addr", "a", "", "target address or name (with -n)")
+	f.Uint16VarP(&o.port, "port", "p", 65000, "target port (with -n)")
+	f.IntVarP(&o.queues, "queues", "q", 0, "RDMA queues for the new device (default: rbdi's)")
+	f.BoolVar(&o.readOnly, "read-only", false, "map the new device read-only")
+	f.BoolVar(&o.noReuse, "no-reuse", false, "fail when this host has the export mapped already (default: print that device)")
+}
+
+func devFlag(c *cobra.Command, o *options, usage string) {
+	c.Flags().StringVarP(&o.dev, "dev", "d", "", usage)
+}
 
 func newRootCmd(out io.Writer) *cobra.Command {
 	var o options
@@ -58,33 +141,101 @@ func newRootCmd(out io.Writer) *cobra.Command {
   rbdctl -n -a <target-addr> -p 65000 -d /dev/ram0   new device (prints /dev/rbdiN)
   rbdctl -r -d /dev/rbdi0                            remove it
   rbdctl -l                                          list devices (and, on a target, sessions)
-  rbdctl -s -d /dev/rbdi0                            a device's stats (on a target: -d EXPORT)`,
-		Args:          cobra.NoArgs,
+  rbdctl -s -d /dev/rbdi0                            a device's stats (on a target: -d EXPORT)
+
+The same as commands: rbdctl map -a ADDR -d DEV, rbdctl unmap -d /dev/rbdiN,
+rbdctl list, rbdctl stats -d DEV. Exit status: 0 done, 1 failed, 2 usage.`,
+		Args:          noArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cmd.SetOut(out)
-			return run(cmd, &o)
-		},
+		Version:       version.String(),
+		RunE:          action(&o, nil),
 	}
+	cmd.SetOut(out)
+	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
+	cmd.CompletionOptions.DisableDefaultCmd = true // ours below: bash, zsh, fish
+	pf := cmd.PersistentFlags()
+	pf.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
+	pf.StringVar(&o.socket, "socket", "/run/rbd/rbdi.sock", "rbdi's control socket")
+	pf.StringVar(&o.targetSocket, "target-socket", "/run/rbd/rbdt.sock", "rbdt's control socket (for -l and -s on a target host)")
+	pf.DurationVar(&o.timeout, "timeout", 90*time.Second, "how long to wait for the daemon")
 	f := cmd.Flags()
+	f.Bool("version", false, "print the version (and the Go version it was built with) and exit")
 	f.BoolVarP(&o.add, "new", "n", false, "add a device: needs -a and -d")
 	f.BoolVarP(&o.remove, "rem", "r", false, "remove the device given with -d")
 	f.BoolVarP(&o.list, "list", "l", false, "list devices")
 	f.BoolVarP(&o.showStats, "stats", "s", false, "show the stats of the device (or target export) given with -d")
-	f.StringVarP(&o.addr, "addr", "a", "", "target address or name (with -n)")
-	f.StringVarP(&o.dev, "dev", "d", "", "with -n: the device on the target (/dev/ram0); with -r, -s: /dev/rbdiN")
-	f.Uint16VarP(&o.port, "port", "p", 65000, "target port (with -n)")
-	f.StringVarP(&o.output, "output", "o", "text", "output format: text or json")
-	f.StringVar(&o.socket, "socket", "/run/rbd/rbdi.sock", "rbdi's control socket")
-	f.StringVar(&o.targetSocket, "target-socket", "/run/rbd/rbdt.sock", "rbdt's control socket (for -l and -s on a target host)")
-	f.IntVarP(&o.queues, "queues", "q", 0, "RDMA queues for the new device (default: rbdi's)")
-	f.BoolVar(&o.readOnly, "read-only", false, "map the new device read-only")
-	f.DurationVar(&o.timeout, "timeout", 90*time.Second, "how long to wait for the daemon")
+	addrFlags(cmd, &o)
+	devFlag(cmd, &o, "with -n: the device on the target (/dev/ram0); with -r, -s: /dev/rbdiN")
 	cmd.MarkFlagsMutuallyExclusive("new", "rem", "list", "stats")
 	cmd.MarkFlagsOneRequired("new", "rem", "list", "stats")
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return &usageError{err} })
+
+	verb := func(use, short string, set *bool) *cobra.Command {
+		v := &cobra.Command{Use: use, Short: short, Args: noArgs, SilenceUsage: true, SilenceErrors: true,
+			RunE: action(&o, func() { *set, o.verb = true, strings.Fields(use)[0] })}
+		return v
+	}
+	mapCmd := verb("map -a ADDR -d DEV [-p PORT] [-q N] [--read-only] [--no-reuse]", "add a device, as -n (prints /dev/rbdiN)", &o.add)
+	addrFlags(mapCmd, &o)
+	devFlag(mapCmd, &o, "the device on the target, e.g. /dev/ram0")
+	unmapCmd := verb("unmap -d /dev/rbdiN", "remove a device, as -r", &o.remove)
+	devFlag(unmapCmd, &o, "the device to remove, /dev/rbdiN")
+	listCmd := verb("list", "list devices (and, on a target, exports and sessions), as -l", &o.list)
+	statsCmd := verb("stats -d DEV", "a device's stats (on a target: an export's), as -s", &o.showStats)
+	devFlag(statsCmd, &o, "the device, /dev/rbdiN (on a target: an export)")
+	cmd.AddCommand(mapCmd, unmapCmd, listCmd, statsCmd, completionCmd(out))
+	// completion of values: the local devices for unmap and stats, the formats
+	mapped := func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		devs, _ := filepath.Glob("/dev/rbdi[0-9]*")
+		return devs, cobra.ShellCompDirectiveNoFileComp
+	}
+	unmapCmd.RegisterFlagCompletionFunc("dev", mapped)
+	statsCmd.RegisterFlagCompletionFunc("dev", mapped)
+	cmd.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"text", "json"}, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
+}
+
+// completionCmd writes the shell completion script that cobra generates.
+func completionCmd(out io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "completion bash|zsh|fish",
+		Short: "print the shell completion script (make install installs them)",
+		Long: `completion prints rbdctl's completion script for bash, zsh or fish.
+make install puts them where the shells look:
+  bash  PREFIX/share/bash-completion/completions/rbdctl
+  zsh   PREFIX/share/zsh/vendor-completions/_rbdctl
+  fish  PREFIX/share/fish/vendor_completions.d/rbdctl.fish`,
+		ValidArgs:             []string{"bash", "zsh", "fish"},
+		Args:                  cobra.MatchAll(cobra.ExactArgs(1), cobra.OnlyValidArgs),
+		DisableFlagsInUseLine: true,
+		SilenceUsage:          true,
+		SilenceErrors:         true,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			root := cmd.Root()
+			var err error
+			switch args[0] {
+			case "bash":
+				err = root.GenBashCompletionV2(out, true)
+			case "zsh":
+				err = root.GenZshCompletion(out)
+			case "fish":
+				err = root.GenFishCompletion(out, true)
+			}
+			if err != nil {
+				return &failure{err}
+			}
+			return nil
+		},
+	}
+}
+
+// flagName is how messages name the action: "-n" or, given as a command, "map".
+func (o *options) flagName(flag string) string {
+	if o.verb != "" {
+		return o.verb
+	}
+	return flag
 }
 
 func run(cmd *cobra.Command, o *options) error {
@@ -96,12 +247,12 @@ func run(cmd *cobra.Command, o *options) error {
 	switch {
 	case o.add:
 		if o.addr == "" || o.dev == "" {
-			return &usageError{errors.New("-n needs the target address (-a ADDR) and the device on the target (-d /dev/...)")}
+			return &usageError{fmt.Errorf("%s needs the target address (-a ADDR) and the device on the target (-d /dev/...)", o.flagName("-n"))}
 		}
 		return add(ctx, cmd, o)
 	case o.remove:
 		if o.dev == "" {
-			return &usageError{errors.New("-r needs the device to remove: -d /dev/rbdiN")}
+			return &usageError{fmt.Errorf("%s needs the device to remove: -d /dev/rbdiN", o.flagName("-r"))}
 		}
 		var res map[string]string
 		if err := rbdi(o).Do(ctx, "DELETE", "/v1/devices/"+base(o.dev), nil, &res); err != nil {
@@ -115,7 +266,7 @@ func run(cmd *cobra.Command, o *options) error {
 		return list(ctx, cmd, o)
 	default:
 		if o.dev == "" {
-			return &usageError{errors.New("-s needs the device: -d /dev/rbdiN (or, on a target, the export)")}
+			return &usageError{fmt.Errorf("%s needs the device: -d /dev/rbdiN (or, on a target, the export)", o.flagName("-s"))}
 		}
 		return showStats(ctx, cmd, o)
 	}
@@ -156,9 +307,19 @@ type (
 
 func add(ctx context.Context, cmd *cobra.Command, o *options) error {
 	req := map[string]any{"target": o.addr, "port": o.port, "export": o.dev, "read_only": o.readOnly, "queues": o.queues}
+	if o.noReuse {
+		req["no_reuse"] = true // only then: an older rbdi refuses unknown fields
+	}
 	var d DeviceInfo
 	if err := rbdi(o).Do(ctx, "POST", "/v1/devices", req, &d); err != nil {
 		return explain(err, "rbdi", o.socket)
+	}
+	if d.Existing { // rbdi had it mapped: that device is the answer
+		state := d.State
+		if d.Reason != "" {
+			state += ": " + d.Reason
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "rbdctl: %s on %s is mapped already, as %s (%s)\n", d.Export, d.TargetAddr, d.Path, state)
 	}
 	if o.output == "json" {
 		return printJSON(cmd.OutOrStdout(), d)

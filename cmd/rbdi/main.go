@@ -24,6 +24,7 @@ import (
 	"rbd/internal/daemon"
 	"rbd/internal/initiator"
 	"rbd/internal/stats"
+	"rbd/internal/version"
 )
 
 // DefaultMetricsPort is rbdi's documented Prometheus port (--metrics-addr :9466).
@@ -73,8 +74,11 @@ devices through its control socket.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd, &o) },
+		Version:       version.String(),
 	}
+	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
+	f.Bool("version", false, "print the version (and the Go version it was built with) and exit")
 	f.StringVarP(&o.config, "config", "c", "", "configuration file (TOML) with settings and persistent [[device]]s")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", fmt.Sprintf("serve Prometheus metrics on this address, e.g. :%d (off by default)", DefaultMetricsPort))
 	f.StringVar(&o.control, "control", DefaultControl, "control socket (rbdctl talks to it)")
@@ -170,6 +174,7 @@ func run(cmd *cobra.Command, o *options) error {
 	if err != nil {
 		return err
 	}
+	log.Info("starting", "version", version.String())
 	if err := protect(o.noMlock, log); err != nil {
 		return err
 	}
@@ -180,9 +185,13 @@ func run(cmd *cobra.Command, o *options) error {
 		inline = -1
 	}
 	coll := stats.NewCollector(stats.RoleInitiator, "nbd", "rdma_device", "interface")
-	m := initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
+	build := version.Get()
+	coll.SetBuildInfo(build.Version, build.GoVersion)
+	var m *initiator.Manager
+	status := daemon.NewStatus(ctx)
+	m = initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
 		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
-		Log: log, Collector: coll})
+		Log: log, Collector: coll, OnChange: func() { status.Set(devicesStatus(m)) }})
 	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
 	if err != nil {
 		return err
@@ -192,19 +201,34 @@ func run(cmd *cobra.Command, o *options) error {
 		actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		d, err := m.Add(actx, req)
 		cancel()
+		var me *initiator.MappedError
+		if errors.As(err, &me) {
+			log.Warn("persistent device listed twice: mapped once", "device", me.Device.Path(), "target", req.Target, "export", req.Export)
+			continue
+		}
 		if err != nil {
 			log.Error("persistent device not mapped", "target", req.Target, "export", req.Export, "err", err)
 			continue
 		}
 		log.Info("persistent device mapped", "device", d.Path(), "target", req.Target, "export", req.Export)
 	}
-	daemon.Notify(fmt.Sprintf("READY=1\nSTATUS=%d device(s)", len(m.List())))
+	daemon.Notify("READY=1\nSTATUS=" + devicesStatus(m))
 	go daemon.Watchdog(ctx, daemon.SelfCheck(control))
 	<-ctx.Done()
 	daemon.Notify("STOPPING=1")
 	log.Info("stopping: removing devices")
 	m.Close()
 	return nil
+}
+
+// devicesStatus is rbdi's STATUS= line: "2 devices: 1 connected, 1 failed".
+func devicesStatus(m *initiator.Manager) string {
+	var states []string
+	for _, d := range m.List() {
+		st, _ := d.State()
+		states = append(states, st)
+	}
+	return daemon.DevicesStatus(states)
 }
 
 func apiError(w http.ResponseWriter, err error) {
@@ -229,7 +253,12 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 		daemon.WriteJSON(w, http.StatusOK, out)
 	})
 	mux.HandleFunc("POST /v1/devices", func(w http.ResponseWriter, r *http.Request) {
-		var req initiator.AddRequest
+		var req struct {
+			initiator.AddRequest
+			// NoReuse: fail when the export is mapped already, instead of
+			// answering with that device (rbdctl --no-reuse)
+			NoReuse bool `json:"no_reuse"`
+		}
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
@@ -238,7 +267,14 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), 60*time.Second)
 		defer cancel()
-		d, err := m.Add(ctx, req)
+		d, err := m.Add(ctx, req.AddRequest)
+		var me *initiator.MappedError
+		if errors.As(err, &me) && !req.NoReuse {
+			info := me.Device.Info()
+			info.Existing = true
+			daemon.WriteJSON(w, http.StatusOK, info)
+			return
+		}
 		if err != nil {
 			apiError(w, err)
 			return

@@ -6,9 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
+	"sync"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,6 +19,7 @@ import (
 	"rbd/internal/daemon"
 	"rbd/internal/stats"
 	"rbd/internal/target"
+	"rbd/internal/version"
 	"rbd/internal/wire"
 )
 
@@ -70,8 +74,11 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE:          func(cmd *cobra.Command, _ []string) error { return run(cmd, &o) },
+		Version:       version.String(),
 	}
+	cmd.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	f := cmd.Flags()
+	f.Bool("version", false, "print the version (and the Go version it was built with) and exit")
 	f.StringVarP(&o.config, "config", "c", "", "configuration file (TOML), e.g. /etc/rbd/rbdt.toml")
 	f.StringArrayVarP(&o.listen, "listen", "l", nil, "address to listen on, ADDR[:PORT] (default 0.0.0.0:65000; repeatable)")
 	f.StringArrayVarP(&o.exports, "export", "e", nil, "export PATH[,ro][,shared][,bs=N] (repeatable)")
@@ -168,10 +175,13 @@ func run(cmd *cobra.Command, o *options) error {
 		return err
 	}
 	cfg.Log = log
+	log.Info("starting", "version", version.String())
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
 	coll := stats.NewCollector(stats.RoleTarget, "path", "read_only")
+	build := version.Get()
+	coll.SetBuildInfo(build.Version, build.GoVersion)
 	srv, err := target.NewServer(cfg)
 	if err != nil {
 		return err
@@ -181,13 +191,21 @@ func run(cmd *cobra.Command, o *options) error {
 		key := "export:" + e.Name()
 		coll.Add(key, stats.Labels{Export: e.Name()}, e.Stats)
 	}
+	status := daemon.NewStatus(ctx)
+	var smu sync.Mutex
+	sessions := map[string]string{} // session id -> export, for STATUS=
 	srv.OnSession = func(s target.SessionInfo, up bool) {
 		key := "session:" + s.ID
+		smu.Lock()
+		defer smu.Unlock()
 		if up {
 			coll.Add(key, stats.Labels{Export: s.Export, Session: s.ID}, s.Stats)
+			sessions[s.ID] = s.Export
 		} else {
 			coll.Remove(key)
+			delete(sessions, s.ID)
 		}
+		status.Set(daemon.SessionsStatus(slices.Collect(maps.Values(sessions)), len(srv.Exports())))
 	}
 	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll), metricsAddr, coll, log)
 	if err != nil {
@@ -197,7 +215,7 @@ func run(cmd *cobra.Command, o *options) error {
 	if err := srv.Listen(); err != nil {
 		return fmt.Errorf("%w (is the RDMA device up, e.g. rdma link add rxe0 type rxe netdev IFACE?)", err)
 	}
-	daemon.Notify("READY=1\nSTATUS=serving " + fmt.Sprint(len(cfg.Exports)) + " export(s)")
+	daemon.Notify("READY=1\nSTATUS=" + daemon.SessionsStatus(nil, len(srv.Exports())))
 	go daemon.Watchdog(ctx, daemon.SelfCheck(control))
 	err = srv.Serve(ctx)
 	daemon.Notify("STOPPING=1")

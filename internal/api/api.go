@@ -25,6 +25,10 @@ type Device struct {
 	SlotSize   int       `json:"slot_size"`
 	Inline     int       `json:"inline"`
 	Since      time.Time `json:"since"`
+	// Existing, in the answer to an add, says that this host had the export
+	// (same target address, port and export) mapped already, as this
+	// device: rbdi answers with it instead of mapping it twice.
+	Existing bool `json:"existing,omitempty"`
 }
 
 // TargetStatus is a target's state: where it listens, its exports and its

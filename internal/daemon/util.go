@@ -18,8 +18,9 @@ func (r *bytesReader) reader() io.Reader {
 	return bytes.NewReader(r.b)
 }
 
-// Logger makes the daemon's logger: text lines on stderr (the journal under
-// systemd), at level debug, info, warn or error.
+// Logger makes the daemon's logger: text lines on stderr, at level debug,
+// info, warn or error; with journal priorities when stderr is the journal
+// (NewLogHandler).
 func Logger(level string) (*slog.Logger, error) {
 	var l slog.Level
 	switch strings.ToLower(level) {
@@ -34,14 +35,5 @@ func Logger(level string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
 	}
-	opts := &slog.HandlerOptions{Level: l}
-	if os.Getenv("JOURNAL_STREAM") != "" { // the journal stamps time itself
-		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		}
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	return slog.New(NewLogHandler(os.Stderr, l, JournalStream(os.Stderr))), nil
 }

@@ -43,6 +43,9 @@ type Config struct {
 	Log                         *slog.Logger
 	Collector                   *stats.Collector
 	Sysfs                       nbd.Sysfs
+	// OnChange, if set, is called (without the manager's lock) after a
+	// device was added or removed or failed: rbdi tells systemd its STATUS=.
+	OnChange func()
 }
 
 // Defaults.
@@ -58,8 +61,17 @@ type Manager struct {
 
 	mu      sync.Mutex
 	devices map[int]*Device
-	adding  map[int]bool // numbers being set up
+	adding  map[int]mapping // numbers being set up, and what for
 	closed  bool
+	// onChange is Config.OnChange, or a no-op.
+	onChange func()
+}
+
+// mapping is what a device maps: the target's address and port, and the
+// export. A host maps each at most once.
+type mapping struct {
+	target netip.AddrPort
+	export string
 }
 
 // NewManager makes a device manager.
@@ -87,7 +99,11 @@ func NewManager(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Manager{cfg: cfg, log: cfg.Log, devices: map[int]*Device{}, adding: map[int]bool{}}
+	m := &Manager{cfg: cfg, log: cfg.Log, devices: map[int]*Device{}, adding: map[int]mapping{}, onChange: cfg.OnChange}
+	if m.onChange == nil {
+		m.onChange = func() {}
+	}
+	return m
 }
 
 // AddRequest asks for a new device.
@@ -109,6 +125,16 @@ type Error struct {
 func (e *Error) Error() string { return e.Msg }
 func (e *Error) Unwrap() error { return e.Err }
 
+// MappedError is the Err of Add's *Error when this host has the export
+// mapped already (same target address and port, same export), as Device.
+// rbdi's control socket answers with that device instead, unless asked not
+// to (rbdctl --no-reuse).
+type MappedError struct{ Device *Device }
+
+func (e *MappedError) Error() string {
+	return fmt.Sprintf("export %s on %s is mapped already as %s", e.Device.Export, e.Device.Target, e.Device.Path())
+}
+
 // Add connects to the target, opens the export and creates the device.
 func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	if req.Export == "" {
@@ -125,14 +151,6 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	if queues > 64 {
 		return nil, &Error{Msg: fmt.Sprintf("%d queues: at most 64", queues)}
 	}
-	nl, err := nbd.Dial()
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, &Error{Msg: "the kernel's nbd module is not loaded", Hint: "load it: modprobe nbd (and add nbd to /etc/modules-load.d/)", Err: err}
-		}
-		return nil, &Error{Msg: "kernel NBD interface: " + err.Error(), Err: err}
-	}
-	defer nl.Close()
 	to, err := daemon.Resolve(ctx, req.Target, port)
 	if err != nil {
 		var re *daemon.ResolveError
@@ -141,6 +159,20 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		}
 		return nil, &Error{Msg: err.Error(), Err: err}
 	}
+	// first, under the lock that also reserves the number: is it mapped already?
+	num, err := m.reserveNumber(mapping{to, req.Export})
+	if err != nil {
+		return nil, err
+	}
+	defer m.unreserve(num)
+	nl, err := nbd.Dial()
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, &Error{Msg: "the kernel's nbd module is not loaded", Hint: "load it: modprobe nbd (and add nbd to /etc/modules-load.d/)", Err: err}
+		}
+		return nil, &Error{Msg: "kernel NBD interface: " + err.Error(), Err: err}
+	}
+	defer nl.Close()
 	iface, rdev, err := checkRoute(to.Addr())
 	if err != nil {
 		var re *RouteError
@@ -149,11 +181,6 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		}
 		return nil, err
 	}
-	num, err := m.reserveNumber()
-	if err != nil {
-		return nil, err
-	}
-	defer m.unreserve(num)
 	d := &Device{Num: num, TargetName: req.Target, Target: to, Export: req.Export, Since: time.Now(), Stats: stats.NewCounters()}
 	d.log = m.log.With("device", d.Name(), "target", to, "export", req.Export)
 	d.state.Store(StateConnecting)
@@ -198,6 +225,7 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface})
 	}
 	go m.watch(d)
+	m.onChange()
 	d.log.Info("device added", "nbd", d.NBDPath(), "size", sess.Export.Size, "block_size", sess.Export.LogicalBlockSize,
 		"queues", len(sess.Queues()), "slot_size", sess.Queues()[0].SlotSize(), "rdma_device", rdev, "read_only", d.ReadOnly)
 	return d, nil
@@ -298,21 +326,34 @@ func (m *Manager) connectNBD(nl *nbd.Client, d *Device) error {
 	return nil
 }
 
-// reserveNumber picks the lowest free N for /dev/rbdiN.
-func (m *Manager) reserveNumber() (int, error) {
+// reserveNumber picks the lowest free N for /dev/rbdiN, to map want. When
+// a device maps want already it fails with a *MappedError (in an *Error);
+// when another Add is setting want up, with an *Error.
+func (m *Manager) reserveNumber(want mapping) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
 		return 0, &Error{Msg: "rbdi is shutting down"}
 	}
+	for _, d := range m.devices {
+		if d.Target == want.target && d.Export == want.export {
+			me := &MappedError{Device: d}
+			return 0, &Error{Msg: me.Error(), Hint: fmt.Sprintf("use %s, or remove it first: rbdctl -r -d %s", d.Path(), d.Path()), Err: me}
+		}
+	}
+	for n, a := range m.adding {
+		if a == want {
+			return 0, &Error{Msg: fmt.Sprintf("export %s on %s is being mapped right now, as /dev/rbdi%d", want.export, want.target, n), Hint: "rbdctl -l shows it once it is there"}
+		}
+	}
 	for n := 0; n < 1<<16; n++ {
-		if m.devices[n] != nil || m.adding[n] {
+		if _, busy := m.adding[n]; busy || m.devices[n] != nil {
 			continue
 		}
 		if _, err := os.Lstat(filepath.Join(m.cfg.DevDir, "rbdi"+strconv.Itoa(n))); err == nil {
 			continue // a stale link, or someone else's
 		}
-		m.adding[n] = true
+		m.adding[n] = want
 		return n, nil
 	}
 	return 0, &Error{Msg: "no free rbdi number"}
@@ -354,6 +395,7 @@ func (m *Manager) watch(d *Device) {
 		d.why.Store(why)
 		d.state.Store(StateFailed)
 		d.log.Error("connection to the target lost; I/O to the device now fails", "queue", q.Index(), "reason", why)
+		m.onChange()
 	case <-d.ctx.Done():
 	}
 }
@@ -415,6 +457,7 @@ func (m *Manager) Remove(ctx context.Context, name string) error {
 	}
 	m.teardown(d)
 	d.log.Info("device removed")
+	m.onChange()
 	return nil
 }
 

@@ -1,5 +1,7 @@
 // Package nbd is rbdi's side of the kernel NBD driver: it makes /dev/nbdN
-// devices whose I/O is served in Go.
+// devices whose I/O is served in Go. It also owns the server side of the
+// NBD handshake, for peers that are not the kernel (nbdinfo, qemu-img,
+// nbd-client over a socket).
 //
 // The pieces:
 //
@@ -7,13 +9,26 @@
 //     DecodeRequest, EncodeReply, ...): 28-byte big-endian request headers
 //     (a WRITE's payload follows), 16-byte simple replies (a successful READ's
 //     payload follows), errno-valued error numbers (ErrnoFor). The kernel
-//     speaks no handshake and no structured replies.
+//     speaks no handshake (the daemon passes it the connection's parameters
+//     over netlink) and no structured replies.
 //   - Conn, the server side of one connection: the daemon's end of an AF_UNIX
 //     socketpair whose other end belongs to the kernel (NewSocketPair). One
 //     goroutine reads requests (ReadRequest) and WRITE payloads straight into
 //     the caller's buffers (ReadPayload); any goroutine queues replies (Reply),
 //     which a writer goroutine sends in batches, one writev each. The socket
 //     sits on Go's netpoller: no thread blocks in a system call.
+//   - HandshakeServer and ServeHandshake, the server side of the
+//     fixed-newstyle handshake: the greeting, then options until the client
+//     picks an export (NBD_OPT_GO, NBD_OPT_INFO with the export's size,
+//     transmission flags, name, description and block sizes; NBD_OPT_LIST;
+//     NBD_OPT_ABORT; NBD_OPT_EXPORT_NAME; NBD_OPT_STRUCTURED_REPLY; every
+//     other option is refused and the handshake goes on). It reads exactly the
+//     handshake's bytes, so the transmission phase is served on the same
+//     net.Conn afterwards; it bounds option data at MaxOptionLength and leaves
+//     the overall deadline to the caller. The structured-reply chunk codec
+//     (EncodeOffsetData, EncodeReplyNone, AppendReplyError,
+//     DecodeStructuredReply) is for connections that negotiated structured
+//     replies; the kernel negotiates nothing and gets simple replies.
 //   - Client, which creates, reconfigures, inspects and disconnects devices
 //     through the "nbd" generic-netlink family and reports dead connections
 //     (WatchLinkDead). It needs the nbd module and CAP_SYS_ADMIN.

@@ -66,10 +66,12 @@ type Collector struct {
 	inline, fua, stalls       *prometheus.Desc
 	cqWaits, cqPolled, reconn *prometheus.Desc
 	info, size                *prometheus.Desc
+	build                     *prometheus.Desc
 
 	mu       sync.RWMutex
 	counters map[string]counterEntry
 	infos    map[string]infoEntry
+	buildLV  []string // version, goversion; nil until SetBuildInfo
 }
 
 var labelNameRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
@@ -124,6 +126,8 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 	c.reconn = desc("rbd_reconnects_total", "Connections re-established.")
 	c.info = desc("rbd_device_info", "Static information about a device or export; always 1.", c.infoNames...)
 	c.size = desc("rbd_device_size_bytes", "Size of a device or export in bytes.")
+	c.build = prometheus.NewDesc("rbd_build_info", "The daemon's build: its version and the Go version it was built with; always 1.",
+		[]string{"version", "goversion"}, nil)
 	return c
 }
 
@@ -224,6 +228,15 @@ func (c *Collector) AddInfo(key string, l Labels, size uint64, extra map[string]
 	return nil
 }
 
+// SetBuildInfo makes the Collector emit rbd_build_info{version,goversion} 1
+// (both daemons set it at start, from internal/version). Before it is called
+// the series is absent.
+func (c *Collector) SetBuildInfo(version, goVersion string) {
+	c.mu.Lock()
+	c.buildLV = []string{version, goVersion}
+	c.mu.Unlock()
+}
+
 // Remove unregisters key's Counters and information, if any; their series
 // are gone from the next scrape.
 func (c *Collector) Remove(key string) {
@@ -255,7 +268,7 @@ func (c *Collector) Entries() []Entry {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.started, c.completed, c.ops, c.bytes, c.errs, c.inflight, c.inflightMax,
-		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.info, c.size,
+		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.info, c.size, c.build,
 	} {
 		ch <- d
 	}
@@ -278,7 +291,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.RLock()
 	ents := slices.Collect(maps.Values(c.counters))
 	infos := slices.Collect(maps.Values(c.infos))
+	build := c.buildLV
 	c.mu.RUnlock()
+	if build != nil {
+		ch <- prometheus.MustNewConstMetric(c.build, prometheus.GaugeValue, 1, build...)
+	}
 	// A stable order makes scrapes easier to read and compare.
 	sort.Slice(ents, func(i, j int) bool { return less(ents[i].labels, ents[j].labels) })
 

@@ -412,3 +412,27 @@ func TestCollectorConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestCollectorBuildInfo(t *testing.T) {
+	for _, role := range []string{RoleInitiator, RoleTarget} {
+		t.Run(role, func(t *testing.T) {
+			col := NewCollector(role)
+			reg := pedantic(t, col)
+			if m := series(t, reg, "rbd_build_info", nil); m != nil {
+				t.Fatalf("rbd_build_info before SetBuildInfo: %v", m)
+			}
+			col.SetBuildInfo("4f97d6e-dirty", "go1.26.8")
+			col.SetBuildInfo("a9f9034", "go1.26.8") // the last call wins: one series
+			want := "# HELP rbd_build_info The daemon's build: its version and the Go version it was built with; always 1.\n" +
+				"# TYPE rbd_build_info gauge\n" +
+				"rbd_build_info" + labelText("goversion", "go1.26.8", "version", "a9f9034") + " 1\n"
+			if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "rbd_build_info"); err != nil {
+				t.Fatal(err)
+			}
+			col.Remove("anything") // device and session changes leave it alone
+			if m := series(t, reg, "rbd_build_info", map[string]string{"version": "a9f9034"}); m == nil || m.GetGauge().GetValue() != 1 {
+				t.Fatalf("rbd_build_info after Remove: %v", m)
+			}
+		})
+	}
+}

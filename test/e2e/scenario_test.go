@@ -283,7 +283,17 @@ func TestErrorMessages(t *testing.T) {
 	check("target not listening", []string{"is not listening", "start rbdt"}, add(d.addr, "1", "/dev/ram0")...)
 	check("export not offered", []string{"export /dev/ram3 is not offered", "rbdctl -l on the target"}, add(d.addr, "65000", "/dev/ram3")...)
 	dev := d.add("/dev/ram0")
-	check("export busy", []string{"is busy", "in use read-write by another initiator"}, add(d.addr, "65000", "/dev/ram0")...)
+	// this host again: rbdi answers with the device it has (exit 0), or,
+	// with --no-reuse, names it
+	if out, serr, err := d.ctl(add(d.addr, "65000", "/dev/ram0")...); err != nil || strings.TrimSpace(out) != dev || !strings.Contains(serr, "mapped already, as "+dev) {
+		t.Errorf("export mapped already: want %s, got %q %v\n%s", dev, out, err, serr)
+	}
+	check("export mapped already (--no-reuse)", []string{"mapped already as " + dev, "rbdctl -r -d " + dev}, append(add(d.addr, "65000", "/dev/ram0"), "--no-reuse")...)
+	// another initiator (a second rbdi) finds the export busy
+	other := startDaemons(t, daemonOpts{})
+	if _, serr, err := other.ctl(add(d.addr, "65000", "/dev/ram0")...); err == nil || !strings.Contains(serr, "is busy") || !strings.Contains(serr, "in use read-write by another initiator") {
+		t.Errorf("export busy: want the busy message, got %v\n%s", err, serr)
+	}
 	d.remove(dev)
 
 	// the nbd module missing: unload it (no nbd device is in use now)
@@ -436,8 +446,8 @@ func TestTargetHangs(t *testing.T) {
 }
 
 // TestSystemdNotify runs both daemons as a Type=notify unit with a watchdog
-// would: READY=1 once they serve, WATCHDOG=1 pings while healthy, STOPPING=1
-// at the end.
+// would: READY=1 once they serve, WATCHDOG=1 pings while healthy, STATUS=
+// as a device (and its session) comes and goes, STOPPING=1 at the end.
 func TestSystemdNotify(t *testing.T) {
 	env(t)
 	listen := func(name string) (string, <-chan string) {
@@ -484,6 +494,13 @@ func TestSystemdNotify(t *testing.T) {
 	expect("rbdi", ich, "READY=1")
 	expect("rbdt", tch, "WATCHDOG=1")
 	expect("rbdi", ich, "WATCHDOG=1")
+	// STATUS= follows the devices and the sessions
+	dev := d.add("/dev/ram1")
+	expect("rbdi", ich, "STATUS=1 device: 1 connected")
+	expect("rbdt", tch, "STATUS=1 session on 1 export")
+	d.remove(dev)
+	expect("rbdi", ich, "STATUS=no devices")
+	expect("rbdt", tch, "STATUS=no sessions, 1 export")
 	d.rbdi.Process.Signal(syscall.SIGTERM)
 	d.rbdt.Process.Signal(syscall.SIGTERM)
 	expect("rbdi", ich, "STOPPING=1")
