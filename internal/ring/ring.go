@@ -19,7 +19,8 @@ type Config struct {
 	Headers int // send headers (wire.HeaderSize bytes each), one per command or reply context
 	// Solicited: sleep until a solicited message arrives (or the ring is woken);
 	// send completions are then reaped at the next wake-up instead of causing
-	// one. Only for peers that mark every message solicited.
+	// one. Only for peers that mark every message solicited, and only where
+	// the device honours it (transport.Endpoint.SolicitedEvents).
 	Solicited bool
 	// Spin polls an empty CQ for up to this long before arming it and
 	// sleeping (0: sleep at once).
@@ -65,7 +66,7 @@ func New(ep transport.Endpoint, cfg Config) (*Ring, error) {
 		return nil, errors.New("ring: no receive contexts")
 	}
 	area := max(wire.MinDataArea, (cfg.Area+4095)/4096*4096)
-	r := &Ring{ep: ep, nrecv: cfg.Recvs, area: area, nhdr: cfg.Headers, solicited: cfg.Solicited, spin: cfg.Spin,
+	r := &Ring{ep: ep, nrecv: cfg.Recvs, area: area, nhdr: cfg.Headers, solicited: cfg.Solicited && ep.SolicitedEvents(), spin: cfg.Spin,
 		wcs: make([]verbs.WC, verbs.MaxChain), reposts: make([]verbs.RecvWR, 0, cfg.Recvs), sends: make([]verbs.SendWR, 0, 2*verbs.MaxChain)}
 	var err error
 	if r.buf, err = verbs.AllocBuffer(r.nrecv*(area+wire.HeaderSize) + r.nhdr*wire.HeaderSize); err != nil {

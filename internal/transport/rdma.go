@@ -93,6 +93,14 @@ func (e *rdmaEndpoint) MaxInlineData() int                     { return e.ep.QP.
 func (e *rdmaEndpoint) Poll(wcs []verbs.WC) (int, error)       { return e.ep.CQ.Poll(wcs) }
 func (e *rdmaEndpoint) Arm(solicitedOnly bool) error           { return e.ep.CQ.ArmFor(solicitedOnly) }
 func (e *rdmaEndpoint) WaitEvent(ctx context.Context) error    { return e.ep.CQ.WaitEvent(ctx) }
+
+// SolicitedEvents: InfiniBand and RoCE devices signal solicited receives
+// (rxe does); iWARP is taken not to, as Linux 6.1's siw signals a receive
+// only to a CQ armed for every completion.
+func (e *rdmaEndpoint) SolicitedEvents() bool {
+	_, t := e.ep.ID.Context().Kind()
+	return t == verbs.TransportIB
+}
 func (e *rdmaEndpoint) Connect(ctx context.Context, p verbs.ConnParam) (verbs.CMEvent, error) {
 	return e.ep.ID.Connect(ctx, p)
 }

@@ -25,6 +25,10 @@ type Endpoint interface {
 	// Arm asks for one event at the next completion (solicitedOnly: the next
 	// incoming message its sender marked solicited, or an error).
 	Arm(solicitedOnly bool) error
+	// SolicitedEvents reports whether the device honours solicitedOnly
+	// (Linux 6.1 soft-iWARP does not: it never signals a receive to a CQ
+	// armed so); where it does not, Arm(true) must not be used.
+	SolicitedEvents() bool
 	// WaitEvent waits for the event Arm asked for; verbs.ErrClosed once the
 	// endpoint is woken or closed.
 	WaitEvent(ctx context.Context) error
