@@ -45,6 +45,8 @@ type fileConfig struct {
 	Inline          *int                   `toml:"inline"`
 	Timeout         string                 `toml:"timeout"`
 	DeadConnTimeout string                 `toml:"dead_conn_timeout"`
+	ReconnectDelay  string                 `toml:"reconnect_delay"`
+	CtrlLossTimeout string                 `toml:"ctrl_loss_timeout"`
 	Device          []initiator.AddRequest `toml:"device"`
 }
 
@@ -52,6 +54,7 @@ type options struct {
 	config, metricsAddr, control, logLevel  string
 	queues, depth, maxIO, inline            int
 	timeout, deadConn, keepAlive, kaTimeout time.Duration
+	reconnectDelay, ctrlLoss                time.Duration
 	noMlock                                 bool
 }
 
@@ -87,7 +90,9 @@ devices through its control socket.`,
 	f.IntVar(&o.depth, "queue-depth", 128, "requests in flight per queue")
 	f.IntVar(&o.maxIO, "max-io", 256<<10, "largest request per RDMA operation in bytes (the target may grant less)")
 	f.IntVar(&o.inline, "inline", 4096, "largest I/O carried inline in messages, bytes (-1: never)")
-	f.DurationVar(&o.timeout, "timeout", initiator.DefaultTimeout, "kernel per-request timeout")
+	f.DurationVar(&o.timeout, "timeout", initiator.DefaultTimeout, "kernel per-request timeout (0: none; keep it 0 or above --ctrl-loss-timeout, or the kernel aborts requests during a reconnect)")
+	f.DurationVar(&o.reconnectDelay, "reconnect-delay", client.DefaultReconnectDelay, "wait before reconnecting a lost queue (doubling up to 10s between attempts)")
+	f.DurationVar(&o.ctrlLoss, "ctrl-loss-timeout", client.DefaultCtrlLossTimeout, "how long I/O waits for a lost connection to come back before it fails with EIO (-1s: forever)")
 	f.DurationVar(&o.deadConn, "dead-conn-timeout", 0, "how long I/O waits for a new connection when all died (0: fail at once)")
 	f.DurationVar(&o.keepAlive, "keepalive", client.DefaultKeepAlive, "send KEEPALIVE when requests are outstanding and the target was quiet this long")
 	f.DurationVar(&o.kaTimeout, "keepalive-timeout", client.DefaultKeepAliveTimeout, "declare the connection dead when the target stays quiet this much longer")
@@ -154,7 +159,8 @@ func run(cmd *cobra.Command, o *options) error {
 		if !set("inline") && fc.Inline != nil {
 			o.inline = *fc.Inline
 		}
-		for name, s := range map[string]string{"timeout": fc.Timeout, "dead-conn-timeout": fc.DeadConnTimeout} {
+		for name, s := range map[string]string{"timeout": fc.Timeout, "dead-conn-timeout": fc.DeadConnTimeout,
+			"reconnect-delay": fc.ReconnectDelay, "ctrl-loss-timeout": fc.CtrlLossTimeout} {
 			if s == "" || set(name) {
 				continue
 			}
@@ -162,10 +168,15 @@ func run(cmd *cobra.Command, o *options) error {
 			if err != nil {
 				return fmt.Errorf("%s: %s: %v", o.config, name, err)
 			}
-			if name == "timeout" {
+			switch name {
+			case "timeout":
 				o.timeout = d
-			} else {
+			case "dead-conn-timeout":
 				o.deadConn = d
+			case "reconnect-delay":
+				o.reconnectDelay = d
+			case "ctrl-loss-timeout":
+				o.ctrlLoss = d
 			}
 		}
 		devices = fc.Device
@@ -191,6 +202,7 @@ func run(cmd *cobra.Command, o *options) error {
 	status := daemon.NewStatus(ctx)
 	m = initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
 		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
+		ReconnectDelay: o.reconnectDelay, CtrlLossTimeout: o.ctrlLoss,
 		Log: log, Collector: coll, OnChange: func() { status.Set(devicesStatus(m)) }})
 	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
 	if err != nil {

@@ -11,91 +11,86 @@ import (
 	"rbd/internal/wire"
 )
 
-// loop is the queue's completion loop (ring.Run): each reply completes its
-// command where it is polled, the receives of a batch are re-posted in one
-// call, and the batch-end hook (rbdi's NBD reply writer) runs once per batch.
-func (q *Queue) loop() {
-	defer close(q.stopped)
-	err := q.ring.Run(ring.Loop{
-		Complete: q.completion,
-		Stopped:  q.dead.Load,
+// loop is the connection's completion loop (ring.Run): each reply completes
+// its command where it is polled, the receives of a batch are re-posted in
+// one call, and the batch-end hook (rbdi's NBD reply writer) runs once per
+// batch. When the connection ends, the queue's supervisor (run) takes over.
+func (c *qconn) loop() {
+	defer close(c.stopped)
+	q := c.q
+	err := c.ring.Run(ring.Loop{
+		Complete: c.completion,
+		Stopped:  c.dead.Load,
 		Waited:   q.stats.AddCQWait,
 		Polled:   q.stats.ObservePolled,
-		BatchEnd: func() {
-			if f := q.batchEnd.Load(); f != nil {
-				(*f)()
-			}
-		},
+		BatchEnd: q.runBatchEnd,
 		FlushFailed: func(err error) {
-			if !q.dead.Load() {
-				q.drop("post receive: " + err.Error())
+			if !c.dead.Load() {
+				c.drop("post receive: " + err.Error())
 			}
 		},
 	})
 	if err != nil && !errors.Is(err, verbs.ErrClosed) {
-		q.drop("completion queue: " + err.Error())
-	}
-	q.failAll()
-	if f := q.batchEnd.Load(); f != nil {
-		(*f)()
+		c.drop("completion queue: " + err.Error())
 	}
 }
 
-func (q *Queue) completion(wc *verbs.WC) {
+func (c *qconn) completion(wc *verbs.WC) {
 	if wc.Status != verbs.WCSuccess {
-		if wc.Status != verbs.WCFlushErr && !q.dead.Load() {
-			q.log.Warn("completion error", "err", wc.Err())
+		if wc.Status != verbs.WCFlushErr && !c.dead.Load() {
+			c.q.log.Warn("completion error", "err", wc.Err())
 		}
-		q.drop("completion error: " + wc.Err().Error())
+		c.drop("completion error: " + wc.Err().Error())
 		return
 	}
 	i, ok := ring.RecvIndex(wc.ID)
 	if !ok {
 		if wc.ID&^0xffff != idSend {
-			q.drop(fmt.Sprintf("completion with unknown id %#x", wc.ID))
+			c.drop(fmt.Sprintf("completion with unknown id %#x", wc.ID))
 		}
 		return // a command went out
 	}
-	if i >= q.ring.Recvs() {
-		q.drop("receive completion for unknown context")
+	if i >= c.ring.Recvs() {
+		c.drop("receive completion for unknown context")
 		return
 	}
-	q.reply(i, int(wc.ByteLen))
+	c.reply(i, int(wc.ByteLen))
 }
 
 // reply handles the target's reply in receive context i.
-func (q *Queue) reply(i, n int) {
-	q.lastReply.Store(time.Now().UnixNano())
+func (c *qconn) reply(i, n int) {
+	q := c.q
+	c.lastReply.Store(time.Now().UnixNano())
 	if n < wire.HeaderSize {
-		q.violation("reply of %d bytes", n)
+		c.violation("reply of %d bytes", n)
 		return
 	}
-	r, err := wire.DecodeReply(q.ring.RecvHeader(i))
+	r, err := wire.DecodeReply(c.ring.RecvHeader(i))
 	if err != nil {
-		q.violation("%v", err)
+		c.violation("%v", err)
 		return
 	}
 	idx := int(r.Handle & 0xffff)
 	if idx >= q.depth || r.Handle>>32 != 0 {
-		q.violation("reply for unknown handle %#x", r.Handle)
+		c.violation("reply for unknown handle %#x", r.Handle)
 		return
 	}
 	s := &q.slots[idx]
 	if s.state.Load() != slotSent || uint16(r.Handle>>16) != s.gen || r.Op != s.req.Op {
-		q.violation("reply %s for handle %#x that is not outstanding", r.Op, r.Handle)
+		c.violation("reply %s for handle %#x that is not outstanding", r.Op, r.Handle)
 		return
 	}
-	if int(r.Length) != n-wire.HeaderSize || int(r.Length) > q.ring.Area() {
-		q.violation("reply announces %d data bytes, carries %d", r.Length, n-wire.HeaderSize)
+	if int(r.Length) != n-wire.HeaderSize || int(r.Length) > c.ring.Area() {
+		c.violation("reply announces %d data bytes, carries %d", r.Length, n-wire.HeaderSize)
 		return
 	}
 	if s.req.Op == wire.OpOpen {
-		q.complete(s, Completion{Status: r.Status, Data: q.ring.RecvData(i)[:r.Length], q: q, recv: i})
+		q.complete(s, Completion{Status: r.Status, Data: c.ring.RecvData(i)[:r.Length], ring: c.ring, recv: i})
 		return
 	}
-	q.ring.Repost(i)
+	c.ring.Repost(i)
 	if r.Length != 0 {
-		q.violation("%s reply carries %d data bytes", r.Op, r.Length)
+		c.violation("%s reply carries %d data bytes", r.Op, r.Length)
 		return
 	}
 	if r.Status != wire.StatusOK || s.req.Op != wire.OpRead {
@@ -107,9 +102,6 @@ func (q *Queue) reply(i, n int) {
 }
 
 func (q *Queue) complete(s *Slot, c Completion) {
-	if c.q == nil {
-		c.q = q
-	}
 	s.state.Store(slotHeld)
 	q.inflight.Add(-1)
 	if op, ok := statOp(s.req.Op); ok {
@@ -132,8 +124,9 @@ func (q *Queue) complete(s *Slot, c Completion) {
 	}
 }
 
-// failAll completes every command still in flight with ESHUTDOWN once the
-// connection is gone; no command is marked sent after it (prepare).
+// failAll finishes the queue's commands: every command still owed a reply
+// completes with ESHUTDOWN, and none is marked sent after it (prepare).
+// Only once no connection's loop runs.
 func (q *Queue) failAll() {
 	q.subMu.Lock()
 	q.ended = true
@@ -144,11 +137,21 @@ func (q *Queue) failAll() {
 			q.complete(s, Completion{Status: wire.StatusShutdown, recv: -1})
 		}
 	}
+	q.runBatchEnd()
 }
 
-func (q *Queue) violation(format string, args ...any) {
+// failControl completes a control command (OPEN, KEEPALIVE, DISCONNECT) of a
+// connection that ended: those belong to their connection and are never
+// sent again. Only once that connection's loop has stopped.
+func (q *Queue) failControl() {
+	if s := q.control; s.state.Load() == slotSent {
+		q.complete(s, Completion{Status: wire.StatusShutdown, recv: -1})
+	}
+}
+
+func (c *qconn) violation(format string, args ...any) {
 	why := "protocol violation by the target: " + fmt.Sprintf(format, args...)
-	q.log.Error("dropping connection", "reason", why)
-	q.stats.AddError(stats.ErrInvalid)
-	q.drop(why)
+	c.q.log.Error("dropping connection", "reason", why)
+	c.q.stats.AddError(stats.ErrInvalid)
+	c.drop(why)
 }

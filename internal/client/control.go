@@ -15,40 +15,59 @@ const (
 	DefaultKeepAliveTimeout = 15 * time.Second
 )
 
-// keepalive watches a queue whose target may have stopped answering without
-// the connection failing (a hung target process, a black-holed link).
-func (q *Queue) keepalive() {
+// keepalive watches a connection whose target may have stopped answering
+// without the connection failing (a hung target process, a black-holed
+// link).
+func (c *qconn) keepalive() {
+	q := c.q
 	idle, dead := q.sess.cfg.Queue.KeepAlive, q.sess.cfg.Queue.KeepAliveTimeout
 	t := time.NewTicker(min(time.Second, idle/2))
 	defer t.Stop()
 	for {
 		select {
-		case <-q.stopped:
+		case <-c.stopped:
 			return
 		case <-t.C:
 		}
 		if q.inflight.Load() == 0 {
-			q.lastReply.Store(time.Now().UnixNano()) // idle: nothing is owed
+			c.lastReply.Store(time.Now().UnixNano()) // idle: nothing is owed
 			continue
 		}
-		quiet := time.Since(time.Unix(0, q.lastReply.Load()))
+		quiet := time.Since(time.Unix(0, c.lastReply.Load()))
 		if quiet > idle+dead {
 			q.stats.AddError(stats.ErrTimeout)
-			q.drop(fmt.Sprintf("the target did not answer for %v", quiet.Round(time.Second)))
+			c.drop(fmt.Sprintf("the target did not answer for %v", quiet.Round(time.Second)))
 			return
 		}
 		if quiet > idle && q.ctlMu.TryLock() {
 			s := q.control
 			s.state.Store(slotHeld)
-			if err := s.Submit(wire.OpKeepAlive, 0, 0, 0, func(*Slot, Completion) { q.ctlMu.Unlock() }); err != nil {
+			if err := c.submitOn(s, wire.OpKeepAlive, 0, func(*Slot, Completion) { q.ctlMu.Unlock() }); err != nil {
 				q.ctlMu.Unlock()
 			}
 		}
 	}
 }
 
-// control_ runs a command on the control slot and waits for it.
-func (q *Queue) control_(ctx context.Context, op wire.Op, flags uint8, payload []byte) (wire.Status, []byte, error) {
+// submitOn sends a control command on connection c itself (not the queue's
+// current one): OPEN of a connection being set up, KEEPALIVE of one being
+// watched.
+func (c *qconn) submitOn(s *Slot, op wire.Op, length uint32, done func(*Slot, Completion)) error {
+	_, n, err := s.prepare(c, op, 0, 0, length, done)
+	if err != nil {
+		return err
+	}
+	if n == 0 { // c is dead already: nothing will answer
+		c.q.complete(s, Completion{Status: wire.StatusShutdown, recv: -1})
+		return nil
+	}
+	c.post(s.wrs[:n])
+	return nil
+}
+
+// control_ runs a command on the control slot over connection c and waits
+// for it.
+func (q *Queue) control_(ctx context.Context, c *qconn, op wire.Op, flags uint8, payload []byte) (wire.Status, []byte, error) {
 	q.ctlMu.Lock()
 	defer q.ctlMu.Unlock()
 	s := q.control
@@ -67,7 +86,7 @@ func (q *Queue) control_(ctx context.Context, op wire.Op, flags uint8, payload [
 		c.Release()
 		ch <- result{c, d}
 	}
-	if err := s.Submit(op, flags, 0, uint32(len(payload)), done); err != nil {
+	if err := c.submitOn(s, op, uint32(len(payload)), done); err != nil {
 		return 0, nil, err
 	}
 	nudge := time.NewTicker(time.Second)
@@ -75,14 +94,22 @@ func (q *Queue) control_(ctx context.Context, op wire.Op, flags uint8, payload [
 	for {
 		select {
 		case r := <-ch:
+			if r.c.Status == wire.StatusShutdown && c.dead.Load() {
+				return 0, nil, fmt.Errorf("%s: the connection ended: %s", op, c.reason())
+			}
 			return r.c.Status, r.data, nil
+		case <-c.stopped:
+			// the loop is gone: nothing else completes the control slot
+			q.failControl()
 		case <-nudge.C:
 			if op == wire.OpOpen {
-				q.nudge()
+				c.nudge()
 			}
 		case <-ctx.Done():
-			q.drop("no reply to " + op.String())
-			<-q.stopped
+			c.drop("no reply to " + op.String())
+			<-c.stopped
+			q.failControl()
+			<-ch
 			return 0, nil, ctx.Err()
 		}
 	}
@@ -91,23 +118,23 @@ func (q *Queue) control_(ctx context.Context, op wire.Op, flags uint8, payload [
 // nudge sends a KEEPALIVE on a free data slot. The target answers it even
 // before OPEN; its arrival wakes a soft-iWARP target that left the OPEN
 // unread in its socket (Linux 6.1 siw accepts, then attaches the socket).
-func (q *Queue) nudge() {
-	if s := q.TryAcquire(); s != nil {
-		if err := s.Submit(wire.OpKeepAlive, 0, 0, 0, func(s *Slot, _ Completion) { s.Release() }); err != nil {
+func (c *qconn) nudge() {
+	if s := c.q.TryAcquire(); s != nil {
+		if err := c.submitOn(s, wire.OpKeepAlive, 0, func(s *Slot, _ Completion) { s.Release() }); err != nil {
 			s.Release()
 		}
 	}
 }
 
-// watchCM turns the peer's disconnect into the end of the queue.
-func (q *Queue) watchCM() {
+// watchCM turns the peer's disconnect into the end of the connection.
+func (c *qconn) watchCM() {
 	for {
-		ev, err := q.ep.NextEvent(context.Background())
+		ev, err := c.ep.NextEvent(context.Background())
 		if err != nil {
 			return // closed
 		}
 		if ev.Type.Terminal() {
-			q.drop("the target disconnected (" + ev.Type.String() + ")")
+			c.drop("the target disconnected (" + ev.Type.String() + ")")
 			return
 		}
 	}

@@ -32,7 +32,24 @@ type QueueConfig struct {
 	// Spin: how long the completion loop polls an empty CQ before it sleeps
 	// (default 0).
 	Spin time.Duration
+	// Reconnecting a queue whose connection died: the first attempt after
+	// ReconnectDelay (default 2 s), then with the delay doubling up to
+	// ReconnectDelayMax (default 10 s), for at most CtrlLossTimeout since the
+	// loss (default 600 s; negative: forever); commands wait meanwhile and
+	// are sent again, in order, on the new connection. After the limit they
+	// fail with ESHUTDOWN and the queue is finished. NoReconnect: fail at
+	// once instead.
+	ReconnectDelay, ReconnectDelayMax time.Duration
+	CtrlLossTimeout                   time.Duration
+	NoReconnect                       bool
 }
+
+// Reconnect defaults (like NVMe-oF's reconnect_delay and ctrl_loss_tmo).
+const (
+	DefaultReconnectDelay    = 2 * time.Second
+	DefaultReconnectDelayMax = 10 * time.Second
+	DefaultCtrlLossTimeout   = 600 * time.Second
+)
 
 // Completion is the outcome of a command, handed to its Done function in the
 // queue's loop goroutine (Done must not block).
@@ -42,22 +59,24 @@ type Completion struct {
 	// it there), or for OPEN the receive buffer of the reply, valid until
 	// Release.
 	Data []byte
-	q    *Queue
+	ring *ring.Ring
 	recv int // receive context holding Data, or -1
 }
 
 // Release gives a reply's receive buffer back to the queue; it must be called
 // in the Done function (a no-op when the data is in the slot).
 func (c *Completion) Release() {
-	if c.recv >= 0 && c.q != nil {
-		c.q.ring.Repost(c.recv)
+	if c.recv >= 0 && c.ring != nil {
+		c.ring.Repost(c.recv)
 		c.recv = -1
 	}
 }
 
 // Slot is a command context of a queue: a registered local buffer of the slot
 // size, which the target's slot of the same index serves. A slot belongs to
-// its holder between Acquire and Release.
+// its holder between Acquire and Release. The slot and its command outlive
+// the connection: a command in flight when a connection dies is sent again on
+// the next one.
 type Slot struct {
 	q     *Queue
 	index int
@@ -68,6 +87,7 @@ type Slot struct {
 	// command in flight
 	state atomic.Int32
 	gen   uint16
+	seq   uint64 // submission order, for resending in order
 	req   wire.Request
 	done  func(*Slot, Completion)
 	start stats.Stamp
@@ -84,122 +104,209 @@ func (s *Slot) Queue() *Queue { return s.q }
 const (
 	slotFree = iota
 	slotHeld
-	slotSent // command sent, waiting for the reply
+	slotSent // command sent (or waiting for a connection to be sent on), owed a reply
 )
 
-// Queue is one RC connection of a session: its slots (request state), its
-// endpoint and message ring (the connection), and the loop goroutine that
-// handles completions. Acquire, Submit and Release are safe for concurrent
-// use.
+// Queue states (State).
+const (
+	StateConnected    = "connected"
+	StateReconnecting = "reconnecting"
+	StateFailed       = "failed"
+	StateClosed       = "closed"
+)
+
+// QueueState describes a queue's connection for a person.
+type QueueState struct {
+	State   string
+	Attempt int       // reconnecting: the attempt under way (1, 2, ...)
+	Since   time.Time // connected, reconnecting or failed since
+	LastErr string    // reconnecting or failed: why the connection ended, or the last attempt failed
+}
+
+// Queue is one queue of a session: its request state (slots, their registered
+// local buffers, pending commands), which lives as long as the queue, and its
+// connection (endpoint, message ring, loop goroutine), which is replaced
+// when it dies. Acquire, Submit and Release are safe for concurrent use.
 type Queue struct {
 	sess  *Session
 	index int
 	log   *slog.Logger
-	ep    transport.Endpoint
-	ring  *ring.Ring
-	peer  netip.AddrPort
+	stats *stats.Counters
 
+	// the grant of the first connection; every later one must match it
 	depth, slotSize, inline int
-	remoteAddr              uint64
-	remoteKey               uint32
 
 	local   *verbs.Buffer
-	localMR *verbs.MR
 	slots   []Slot
 	free    chan int
 	control *Slot // the last slot: OPEN, KEEPALIVE, DISCONNECT
 	ctlMu   sync.Mutex
-	staged  []verbs.SendWR // Stage's batch, posted by Kick
-	// subMu orders marking commands sent (prepare, shared) against the
-	// loop's final failAll (exclusive), which sets ended.
+
+	staged     []verbs.SendWR // Stage's batch, posted by Kick
+	stagedConn *qconn
+
+	// subMu orders marking commands sent (prepare, shared) against
+	// publishing a new connection with its resends, and against the final
+	// failAll (exclusive), which sets ended.
 	subMu sync.RWMutex
 	ended bool
+	seq   atomic.Uint64
 
-	// BatchEnd, if set before the first command, runs in the loop goroutine
-	// after each batch of completions (rbdi writes its NBD replies there).
+	conn     atomic.Pointer[qconn]
 	batchEnd atomic.Pointer[func()]
+	inflight atomic.Int32
+	state    atomic.Pointer[QueueState]
+	closing  atomic.Bool
+	stop     chan struct{} // closed by close: ends a reconnect wait
+	stopOnce sync.Once
+	stopped  chan struct{} // the queue is finished: failed or closed
+	why      atomic.Value
+}
 
-	lastReply atomic.Int64 // unix nanos of the last reply
-	inflight  atomic.Int32
-	dead      atomic.Bool
-	dropOnce  sync.Once
-	why       atomic.Value
-	stopped   chan struct{}
-	stats     *stats.Counters
+// qconn is one connection of a queue: replaced, with all it holds, when it
+// dies. Its ring's send headers are the slots' command headers; the local
+// slot buffer is registered again in its protection domain.
+type qconn struct {
+	q          *Queue
+	ep         transport.Endpoint
+	ring       *ring.Ring
+	mr         *verbs.MR // the queue's local slots, in this connection's PD
+	remoteAddr uint64
+	remoteKey  uint32
+	peer       netip.AddrPort
+	lastReply  atomic.Int64
+	dead       atomic.Bool
+	dropOnce   sync.Once
+	why        atomic.Value
+	stopped    chan struct{} // its loop ended
 }
 
 // Send work request IDs: the command of slot i.
 const idSend = 2 << 40
 
-// dialQueue connects one queue and OPENs it on the export.
+// dialQueue connects one queue (the first connection); OPEN follows.
 func dialQueue(ctx context.Context, s *Session, index int) (*Queue, error) {
 	cfg := s.cfg
-	q := &Queue{sess: s, index: index, log: s.log.With("queue", index), stopped: make(chan struct{}), stats: s.Stats}
+	q := &Queue{sess: s, index: index, log: s.log.With("queue", index), stats: s.Stats,
+		stop: make(chan struct{}), stopped: make(chan struct{})}
 	want := cfg.Queue
-	// one reply per command; a few receives spare
-	nrecv := want.Depth + 4
 	var err error
-	q.ep, err = cfg.Transport.Open(ctx, cfg.Source, cfg.Target, verbs.QPCaps{
-		MaxSendWR: 2*want.Depth + 8, MaxRecvWR: nrecv, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInlineData: wire.HeaderSize})
-	if err != nil {
-		return nil, err
-	}
-	// the target marks its replies solicited: completions of our own
-	// sends never wake the loop
-	if q.ring, err = ring.New(q.ep, ring.Config{Recvs: nrecv, Area: wire.MinDataArea, Headers: want.Depth,
-		Solicited: true, Spin: want.Spin}); err != nil {
-		q.free_()
-		return nil, err
-	}
-	// local slots, registered before connecting: the source of RDMA WRITEs
-	// and where the target pushes READ data (remote write)
 	if q.local, err = verbs.AllocBuffer(want.Depth * want.MaxIO); err != nil {
-		q.free_()
 		return nil, err
 	}
-	if q.localMR, err = q.ep.Register(q.local, verbs.AccessLocalWrite|verbs.AccessRemoteWrite); err != nil {
-		q.free_()
+	c, acc, err := q.dial(ctx)
+	if err != nil {
+		q.local.Close()
 		return nil, err
-	}
-	pd := make([]byte, wire.ConnectSizeV2)
-	(&wire.Connect{MinVersion: wire.VersionPush, MaxVersion: wire.MaxVersion, QueueDepth: uint16(want.Depth),
-		MaxIO: uint32(want.MaxIO), InlineMax: uint32(want.Inline), RegionKey: q.localMR.RKey, RegionAddr: q.localMR.Addr()}).Encode(pd)
-	ev, err := q.ep.Connect(ctx, verbs.ConnParam{PrivateData: pd, InitiatorDepth: 0, ResponderResources: 0, RetryCount: 7, RNRRetryCount: 7})
-	if err != nil {
-		q.free_()
-		return nil, connectError(cfg.Target, err)
-	}
-	acc, err := wire.DecodeAccept(ev.PrivateData)
-	if err != nil {
-		q.free_()
-		return nil, fmt.Errorf("target %s answered with bad accept data: %w", cfg.Target, err)
-	}
-	if acc.Version < wire.VersionPush {
-		q.free_()
-		return nil, fmt.Errorf("target %s chose protocol version %d; this initiator needs %d..%d: upgrade rbdt there", cfg.Target, acc.Version, wire.VersionPush, wire.MaxVersion)
-	}
-	if int(acc.Depth) > want.Depth || int(acc.SlotSize) > want.MaxIO || int(acc.InlineMax) > want.Inline || acc.Depth < 2 {
-		q.free_()
-		return nil, fmt.Errorf("target %s granted %d slots of %d bytes, inline %d: not what was asked", cfg.Target, acc.Depth, acc.SlotSize, acc.InlineMax)
 	}
 	q.depth, q.slotSize, q.inline = int(acc.Depth), int(acc.SlotSize), int(acc.InlineMax)
-	q.remoteAddr, q.remoteKey = acc.SlotAddr, acc.SlotRKey
-	q.peer = q.ep.RemoteAddr()
 	q.slots = make([]Slot, q.depth)
 	q.free = make(chan int, q.depth)
 	for i := range q.slots {
 		// slot i at i × the granted slot size: what the target pushes to
-		q.slots[i] = Slot{q: q, index: i, Buf: q.localMR.Bytes()[i*q.slotSize : (i+1)*q.slotSize]}
+		q.slots[i] = Slot{q: q, index: i, Buf: q.local.Bytes()[i*q.slotSize : (i+1)*q.slotSize]}
 		if i < q.depth-1 {
 			q.free <- i
 		}
 	}
 	q.control = &q.slots[q.depth-1]
-	q.lastReply.Store(time.Now().UnixNano())
-	go q.loop()
-	go q.keepalive()
-	go q.watchCM()
+	q.conn.Store(c)
+	q.setState(QueueState{State: StateConnected, Since: time.Now()})
+	c.start()
+	go q.run(c)
 	return q, nil
+}
+
+// dial makes a connection: endpoint, ring, the local slots registered in its
+// PD (remote write: the target pushes READ data there), connect.
+func (q *Queue) dial(ctx context.Context) (*qconn, wire.Accept, error) {
+	cfg := q.sess.cfg
+	want := cfg.Queue
+	c := &qconn{q: q, stopped: make(chan struct{})}
+	nrecv := want.Depth + 4 // one reply per command; a few spare
+	var acc wire.Accept
+	var err error
+	c.ep, err = cfg.Transport.Open(ctx, cfg.Source, cfg.Target, verbs.QPCaps{
+		MaxSendWR: 2*want.Depth + 8, MaxRecvWR: nrecv, MaxSendSGE: 2, MaxRecvSGE: 2, MaxInlineData: wire.HeaderSize})
+	if err != nil {
+		return nil, acc, err
+	}
+	fail := func(err error) (*qconn, wire.Accept, error) {
+		c.free()
+		return nil, acc, err
+	}
+	// the target marks its replies solicited: completions of our own sends
+	// never wake the loop
+	if c.ring, err = ring.New(c.ep, ring.Config{Recvs: nrecv, Area: wire.MinDataArea, Headers: want.Depth,
+		Solicited: true, Spin: want.Spin}); err != nil {
+		return fail(err)
+	}
+	if c.mr, err = c.ep.Register(q.local, verbs.AccessLocalWrite|verbs.AccessRemoteWrite); err != nil {
+		return fail(err)
+	}
+	pd := make([]byte, wire.ConnectSizeV2)
+	(&wire.Connect{MinVersion: wire.VersionPush, MaxVersion: wire.MaxVersion, QueueDepth: uint16(want.Depth),
+		MaxIO: uint32(want.MaxIO), InlineMax: uint32(want.Inline), RegionKey: c.mr.RKey, RegionAddr: c.mr.Addr()}).Encode(pd)
+	ev, err := c.ep.Connect(ctx, verbs.ConnParam{PrivateData: pd, RetryCount: 7, RNRRetryCount: 7})
+	if err != nil {
+		return fail(connectError(cfg.Target, err))
+	}
+	if acc, err = wire.DecodeAccept(ev.PrivateData); err != nil {
+		return fail(fmt.Errorf("target %s answered with bad accept data: %w", cfg.Target, err))
+	}
+	if acc.Version < wire.VersionPush {
+		return fail(fmt.Errorf("target %s chose protocol version %d; this initiator needs %d..%d: upgrade rbdt there", cfg.Target, acc.Version, wire.VersionPush, wire.MaxVersion))
+	}
+	if int(acc.Depth) > want.Depth || int(acc.SlotSize) > want.MaxIO || int(acc.InlineMax) > want.Inline || acc.Depth < 2 {
+		return fail(fmt.Errorf("target %s granted %d slots of %d bytes, inline %d: not what was asked", cfg.Target, acc.Depth, acc.SlotSize, acc.InlineMax))
+	}
+	if q.slots != nil && (int(acc.Depth) != q.depth || int(acc.SlotSize) != q.slotSize || int(acc.InlineMax) != q.inline) {
+		return fail(&permanentError{fmt.Errorf("target %s now grants %d slots of %d bytes, inline %d, where it granted %d of %d, inline %d: the queue cannot carry its commands over",
+			cfg.Target, acc.Depth, acc.SlotSize, acc.InlineMax, q.depth, q.slotSize, q.inline)})
+	}
+	c.remoteAddr, c.remoteKey = acc.SlotAddr, acc.SlotRKey
+	c.peer = c.ep.RemoteAddr()
+	c.lastReply.Store(time.Now().UnixNano())
+	return c, acc, nil
+}
+
+// permanentError ends reconnecting: trying again cannot help.
+type permanentError struct{ error }
+
+func (e *permanentError) Unwrap() error { return e.error }
+
+// start runs the connection's goroutines: the completion loop, the
+// keepalive and the connection-manager watcher.
+func (c *qconn) start() {
+	go c.loop()
+	go c.keepalive()
+	go c.watchCM()
+}
+
+// free releases the connection, once its loop has stopped (or never ran).
+func (c *qconn) free() {
+	if c.ep != nil {
+		c.ep.Close()
+	}
+	c.ring.Free()
+}
+
+// drop ends the connection; its queue reconnects (or fails).
+func (c *qconn) drop(why string) {
+	c.dropOnce.Do(func() {
+		if why != "closed" {
+			c.q.log.Warn("connection to the target ends", "reason", why)
+		}
+		c.why.Store(why)
+		c.dead.Store(true)
+		c.ep.Disconnect()
+		c.ep.Wakeup()
+	})
+}
+
+func (c *qconn) reason() string {
+	why, _ := c.why.Load().(string)
+	return why
 }
 
 // SetBatchEnd sets a function the loop goroutine runs after each batch of
@@ -210,6 +317,12 @@ func (q *Queue) SetBatchEnd(f func()) {
 		return
 	}
 	q.batchEnd.Store(&f)
+}
+
+func (q *Queue) runBatchEnd() {
+	if f := q.batchEnd.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // Depth is the number of data slots (the granted depth less the control slot).
@@ -224,8 +337,14 @@ func (q *Queue) Inline() int { return q.inline }
 // Index is the queue's number in its session.
 func (q *Queue) Index() int { return q.index }
 
-// Acquire takes a free data slot, waiting while all are busy.
+// Acquire takes a free data slot, waiting while all are busy; a finished
+// queue has none.
 func (q *Queue) Acquire(ctx context.Context) (*Slot, error) {
+	select {
+	case <-q.stopped:
+		return nil, q.err()
+	default:
+	}
 	select {
 	case i := <-q.free:
 		return q.take(i), nil
@@ -271,46 +390,44 @@ func (q *Queue) err() error {
 	return ErrClosed
 }
 
-// drop ends the connection; commands in flight complete with ESHUTDOWN.
-func (q *Queue) drop(why string) {
-	q.dropOnce.Do(func() {
-		if why != "closed" {
-			q.log.Warn("connection to the target ends", "reason", why)
-		}
-		q.why.Store(why)
-		q.dead.Store(true)
-		q.ep.Disconnect()
-		q.ep.Wakeup()
-	})
+func (q *Queue) setState(st QueueState) { q.state.Store(&st) }
+
+// State is the queue's connection state.
+func (q *Queue) State() QueueState {
+	if st := q.state.Load(); st != nil {
+		return *st
+	}
+	return QueueState{State: StateConnected}
 }
 
-// Dead reports whether the connection is gone, and why.
+// Dead reports whether the queue is finished (failed or closed), and why.
 func (q *Queue) Dead() (bool, string) {
-	why, _ := q.why.Load().(string)
-	return q.dead.Load(), why
+	select {
+	case <-q.stopped:
+		why, _ := q.why.Load().(string)
+		return true, why
+	default:
+		return false, ""
+	}
 }
 
-// Done is closed when the queue's loop has stopped.
+// Done is closed when the queue is finished: failed for good, or closed.
 func (q *Queue) Done() <-chan struct{} { return q.stopped }
 
 // close disconnects (DISCONNECT first when graceful) and frees the queue.
 func (q *Queue) close(graceful bool) {
-	if graceful && !q.dead.Load() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		q.control_(ctx, wire.OpDisconnect, 0, nil)
-		cancel()
+	if graceful {
+		if c := q.conn.Load(); c != nil && !c.dead.Load() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			q.control_(ctx, c, wire.OpDisconnect, 0, nil)
+			cancel()
+		}
 	}
-	q.drop("closed")
+	q.closing.Store(true)
+	q.stopOnce.Do(func() { close(q.stop) })
+	if c := q.conn.Load(); c != nil {
+		c.drop("closed")
+	}
 	<-q.stopped
-	q.free_()
-}
-
-func (q *Queue) free_() {
-	if q.ep != nil {
-		q.ep.Close()
-	}
-	q.ring.Free()
-	if q.local != nil {
-		q.local.Close()
-	}
+	q.local.Close()
 }

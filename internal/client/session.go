@@ -76,6 +76,15 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Queue.KeepAliveTimeout <= 0 {
 		cfg.Queue.KeepAliveTimeout = DefaultKeepAliveTimeout
 	}
+	if cfg.Queue.ReconnectDelay <= 0 {
+		cfg.Queue.ReconnectDelay = DefaultReconnectDelay
+	}
+	if cfg.Queue.ReconnectDelayMax < cfg.Queue.ReconnectDelay {
+		cfg.Queue.ReconnectDelayMax = max(DefaultReconnectDelayMax, cfg.Queue.ReconnectDelay)
+	}
+	if cfg.Queue.CtrlLossTimeout == 0 {
+		cfg.Queue.CtrlLossTimeout = DefaultCtrlLossTimeout
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -101,7 +110,7 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 		s.mu.Lock()
 		s.queues = append(s.queues, q)
 		s.mu.Unlock()
-		rep, err := q.open(ctx, i, cfg.Queues)
+		rep, err := q.open(ctx, q.conn.Load())
 		if err != nil {
 			s.Close()
 			return nil, err
@@ -132,9 +141,11 @@ func (e *ExportError) Error() string {
 
 func (e *ExportError) Unwrap() error { return e.Status.Err() }
 
-func (q *Queue) open(ctx context.Context, index, n int) (wire.OpenReply, error) {
+// open OPENs connection c of the queue on the export, under the session's id
+// and the queue's index.
+func (q *Queue) open(ctx context.Context, c *qconn) (wire.OpenReply, error) {
 	s := q.sess
-	o := wire.Open{Session: s.ID, Queue: uint16(index), Queues: uint16(n), ExportName: s.cfg.Export}
+	o := wire.Open{Session: s.ID, Queue: uint16(q.index), Queues: uint16(s.cfg.Queues), ExportName: s.cfg.Export}
 	if s.cfg.ReadOnly {
 		o.Flags |= wire.OpenReadOnly
 	}
@@ -143,7 +154,7 @@ func (q *Queue) open(ctx context.Context, index, n int) (wire.OpenReply, error) 
 	if err != nil {
 		return wire.OpenReply{}, err
 	}
-	st, data, err := q.control_(ctx, wire.OpOpen, 0, buf[:m])
+	st, data, err := q.control_(ctx, c, wire.OpOpen, 0, buf[:m])
 	if err != nil {
 		return wire.OpenReply{}, fmt.Errorf("OPEN of %s on %s: %w", s.cfg.Export, s.cfg.Target, err)
 	}

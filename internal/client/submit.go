@@ -11,15 +11,18 @@ import (
 // Submit sends a command on a held slot. For READ and WRITE, Length bytes of
 // the slot (at most SlotSize) are the data. done runs in the queue's loop
 // goroutine when the command completes, exactly once once Submit returned
-// nil (with ESHUTDOWN if the connection ends first); the slot stays held
-// until its holder releases it. An error means the command was not sent and
-// done will not run.
+// nil: with the target's status, or ESHUTDOWN when the queue fails for good
+// first (a connection that dies only delays it: the command is sent again on
+// the next). The slot stays held until its holder releases it. An error
+// means the command was not sent and done will not run.
 func (s *Slot) Submit(op wire.Op, flags uint8, offset uint64, length uint32, done func(*Slot, Completion)) error {
-	n, err := s.prepare(op, flags, offset, length, done)
+	c, n, err := s.prepare(nil, op, flags, offset, length, done)
 	if err != nil {
 		return err
 	}
-	s.q.post(s.wrs[:n])
+	if n > 0 {
+		c.post(s.wrs[:n])
+	}
 	return nil
 }
 
@@ -28,11 +31,16 @@ func (s *Slot) Submit(op wire.Op, flags uint8, offset uint64, length uint32, don
 // one post, one doorbell. Stage and Kick belong to one goroutine (rbdi's NBD
 // reader of the queue); Submit may run beside them.
 func (s *Slot) Stage(op wire.Op, flags uint8, offset uint64, length uint32, done func(*Slot, Completion)) error {
-	n, err := s.prepare(op, flags, offset, length, done)
-	if err != nil {
+	c, n, err := s.prepare(nil, op, flags, offset, length, done)
+	if err != nil || n == 0 {
 		return err
 	}
 	q := s.q
+	if q.stagedConn != c { // what is staged for an older connection is resent on this one
+		clear(q.staged)
+		q.staged = q.staged[:0]
+		q.stagedConn = c
+	}
 	q.staged = append(q.staged, s.wrs[:n]...)
 	if len(q.staged) >= verbs.MaxChain-2 {
 		q.Kick()
@@ -45,77 +53,96 @@ func (q *Queue) Kick() {
 	if len(q.staged) == 0 {
 		return
 	}
-	q.post(q.staged)
+	q.stagedConn.post(q.staged)
 	clear(q.staged)
 	q.staged = q.staged[:0]
 }
 
 // post posts commands already marked sent. A failure ends the connection;
-// the loop then completes them with ESHUTDOWN (failAll).
-func (q *Queue) post(wrs []verbs.SendWR) {
-	if err := q.ring.Post(wrs); err != nil && !q.dead.Load() {
-		q.stats.AddStallSQFull()
-		q.drop("post send: " + err.Error())
+// the commands go out again on the next one (or fail with the queue).
+func (c *qconn) post(wrs []verbs.SendWR) {
+	if err := c.ring.Post(wrs); err != nil && !c.dead.Load() {
+		c.q.stats.AddStallSQFull()
+		c.drop("post send: " + err.Error())
 	}
 }
 
-// prepare builds the command's work requests in the slot (no allocation):
-// RDMA WRITE of the data (unless it travels inline), then the command,
-// marked solicited so that it wakes the target. It marks the slot sent under
-// the submit lock, so that a command either is marked before the loop's
-// final failAll looks, or fails here.
-func (s *Slot) prepare(op wire.Op, flags uint8, offset uint64, length uint32, done func(*Slot, Completion)) (int, error) {
+// prepare records the command in the slot and marks it sent, under the
+// submit lock: a command is either marked before the queue's final failAll
+// looks (and completes then), or fails here. On the current connection (or
+// on, for OPEN, the one being set up) it builds the work requests in the slot
+// (no allocation) and returns how many to post; while the queue reconnects it
+// returns 0: the command waits, and goes out with the others once a
+// connection is back.
+func (s *Slot) prepare(on *qconn, op wire.Op, flags uint8, offset uint64, length uint32, done func(*Slot, Completion)) (*qconn, int, error) {
 	q := s.q
 	if (op == wire.OpRead || op == wire.OpWrite || op == wire.OpOpen) && int(length) > q.slotSize {
-		return 0, fmt.Errorf("client: %s of %d bytes exceeds the slot size %d", op, length, q.slotSize)
+		return nil, 0, fmt.Errorf("client: %s of %d bytes exceeds the slot size %d", op, length, q.slotSize)
 	}
 	flags &^= wire.FlagInline // the queue decides what travels inline
 	q.subMu.RLock()
 	defer q.subMu.RUnlock()
-	if q.dead.Load() || q.ended {
-		return 0, q.err()
+	if q.ended {
+		return nil, 0, q.err()
+	}
+	c := on
+	if c == nil {
+		c = q.conn.Load()
 	}
 	s.gen++
 	s.req = wire.Request{Op: op, Flags: flags, Slot: uint16(s.index), Length: length, Offset: offset,
 		Handle: uint64(s.gen)<<16 | uint64(s.index)}
-	s.done = done
-	inline := op == wire.OpWrite && q.inline > 0 && int(length) <= q.inline
-	if inline {
+	if op == wire.OpWrite && q.inline > 0 && int(length) <= q.inline {
 		s.req.Flags |= wire.FlagInline
 	}
+	s.done = done
+	s.seq = q.seq.Add(1)
 	if sop, ok := statOp(op); ok {
 		s.start = q.stats.Start(sop)
 		if op == wire.OpWrite && flags&wire.FlagFUA != 0 {
 			q.stats.AddFUAWrite()
 		}
 	}
-	s.req.Encode(q.ring.SendHeader(s.index))
 	n := 0
-	if op == wire.OpWrite && !inline {
+	if c != nil && !c.dead.Load() {
+		n = s.build(c)
+	}
+	q.inflight.Add(1)
+	s.state.Store(slotSent)
+	return c, n, nil
+}
+
+// build encodes the slot's command for connection c and fills its work
+// requests: RDMA WRITE of the data (unless it travels inline), then the
+// command, marked solicited so that it wakes the target. It returns their
+// number.
+func (s *Slot) build(c *qconn) int {
+	q := s.q
+	s.req.Encode(c.ring.SendHeader(s.index))
+	n := 0
+	inline := s.req.Flags&wire.FlagInline != 0
+	if s.req.Op == wire.OpWrite && !inline {
 		w := &s.wrs[n]
 		*w = verbs.SendWR{ID: idSend | uint64(s.index), Op: verbs.OpRDMAWrite, NumSGE: 1,
-			RemoteAddr: q.remoteAddr + uint64(s.index*q.slotSize), RKey: q.remoteKey}
-		w.SGE[0] = q.localMR.SGE(s.index*q.slotSize, int(length))
+			RemoteAddr: c.remoteAddr + uint64(s.index*q.slotSize), RKey: c.remoteKey}
+		w.SGE[0] = c.mr.SGE(s.index*q.slotSize, int(s.req.Length))
 		n++
 	}
 	w := &s.wrs[n]
 	*w = verbs.SendWR{ID: idSend | uint64(s.index), Op: verbs.OpSend, Flags: verbs.Signaled | verbs.Solicited, NumSGE: 1}
-	w.SGE[0] = q.ring.SendHeaderSGE(s.index)
+	w.SGE[0] = c.ring.SendHeaderSGE(s.index)
 	switch {
 	case inline:
 		w.NumSGE = 2
-		w.SGE[1] = q.localMR.SGE(s.index*q.slotSize, int(length))
+		w.SGE[1] = c.mr.SGE(s.index*q.slotSize, int(s.req.Length))
 		q.stats.AddInlineWrite()
-	case op == wire.OpOpen:
+	case s.req.Op == wire.OpOpen:
 		w.NumSGE = 2
-		w.SGE[1] = q.localMR.SGE(s.index*q.slotSize, int(length))
-	case q.ep.MaxInlineData() >= wire.HeaderSize:
+		w.SGE[1] = c.mr.SGE(s.index*q.slotSize, int(s.req.Length))
+	case c.ep.MaxInlineData() >= wire.HeaderSize:
 		w.Flags |= verbs.Inline
 	}
-	n++
-	q.inflight.Add(1)
-	s.state.Store(slotSent)
-	return n, nil
+	return n + 1
 }
 
 func statOp(o wire.Op) (stats.Op, bool) {

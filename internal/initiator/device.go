@@ -3,6 +3,7 @@ package initiator
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -19,10 +20,11 @@ import (
 
 // Device states.
 const (
-	StateConnecting = "connecting"
-	StateConnected  = "connected"
-	StateFailed     = "failed" // the connection to the target is gone
-	StateRemoving   = "removing"
+	StateConnecting   = "connecting"
+	StateConnected    = "connected"
+	StateReconnecting = "reconnecting" // a queue lost its connection; I/O waits
+	StateFailed       = "failed"       // the connection to the target is gone for good
+	StateRemoving     = "removing"
 )
 
 // Device is one remote export shown as /dev/rbdiN (a link to /dev/nbdX).
@@ -56,10 +58,20 @@ func (d *Device) Path() string { return "/dev/" + d.Name() }
 // NBDPath is /dev/nbdX.
 func (d *Device) NBDPath() string { return nbd.DevicePath(d.Index) }
 
-// State is the device's state and, when failed, why.
+// State is the device's state and, when failed or reconnecting, why. A
+// connected device whose queue reconnects is reconnecting, with the attempt,
+// since when, and the last error.
 func (d *Device) State() (string, string) {
 	s, _ := d.state.Load().(string)
 	w, _ := d.why.Load().(string)
+	if s == StateConnected && d.sess != nil {
+		for _, q := range d.sess.Queues() {
+			if qs := q.State(); qs.State == client.StateReconnecting {
+				return StateReconnecting, fmt.Sprintf("queue %d: attempt %d, since %s, last error: %s",
+					q.Index(), qs.Attempt, qs.Since.Format(time.RFC3339), qs.LastErr)
+			}
+		}
+	}
 	return s, w
 }
 

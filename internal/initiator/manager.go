@@ -32,8 +32,15 @@ type Config struct {
 	QueueDepth int // requests in flight per queue (default 128)
 	MaxIO      int // slot size asked for (default 256 KiB)
 	Inline     int // inline I/O asked for (default 4096; -1: none)
-	// Timeout is the kernel's per-request timeout (NBD_ATTR_TIMEOUT).
+	// Timeout is the kernel's per-request timeout (NBD_ATTR_TIMEOUT; default
+	// 0: none). A timeout aborts the socket under a request; with
+	// reconnecting queues it must be 0 or longer than CtrlLossTimeout.
 	Timeout time.Duration
+	// Reconnecting a queue whose connection died: see client.QueueConfig
+	// (ReconnectDelay default 2 s, backing off to 10 s; CtrlLossTimeout
+	// default 600 s, negative: forever). NoReconnect fails I/O at once.
+	ReconnectDelay, CtrlLossTimeout time.Duration
+	NoReconnect                     bool
 	// DeadConnTimeout lets I/O wait this long for a new connection when all
 	// have died, instead of failing at once (NBD_ATTR_DEAD_CONN_TIMEOUT).
 	DeadConnTimeout time.Duration
@@ -50,7 +57,10 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultTimeout = 60 * time.Second
+	// DefaultTimeout (0) means: CtrlLossTimeout plus 30 s (none when that is
+	// forever), so that the kernel never aborts a request while its queue
+	// reconnects; keepalive and ctrl-loss-timeout decide.
+	DefaultTimeout = 0
 	maxBlockSize   = 4096 // the kernel NBD driver's largest block size (a page)
 )
 
@@ -90,8 +100,13 @@ func NewManager(cfg Config) *Manager {
 	} else if cfg.Inline < 0 {
 		cfg.Inline = 0
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = DefaultTimeout
+	if cfg.CtrlLossTimeout == 0 {
+		cfg.CtrlLossTimeout = client.DefaultCtrlLossTimeout
+	}
+	if cfg.Timeout <= 0 && cfg.CtrlLossTimeout > 0 && !cfg.NoReconnect {
+		cfg.Timeout = cfg.CtrlLossTimeout + 30*time.Second
+	} else if cfg.Timeout < 0 {
+		cfg.Timeout = 0
 	}
 	if cfg.DevDir == "" {
 		cfg.DevDir = "/dev"
@@ -187,7 +202,8 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	d.ctx, d.stop = context.WithCancel(context.Background())
 	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: m.log.With("device", d.Name()), Stats: d.Stats,
 		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline,
-			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout}}
+			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout,
+			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect}}
 	sess, err := client.Dial(ctx, ccfg)
 	if err == nil && queues > 1 && sess.Export.Caps&wire.CapMultiConn == 0 {
 		// without cross-queue flush visibility the kernel must use one socket
@@ -373,30 +389,43 @@ func (m *Manager) link(d *Device) error {
 	return nil
 }
 
-// watch marks the device failed when a queue's connection dies.
+// watch follows the device's queues. A queue that is finished for good (its
+// connection lost beyond ctrl-loss-timeout, or refused) has failed its
+// commands; its NBD socket is closed, so that the kernel sends no more to
+// it and uses the others. When all are finished the device has failed.
 func (m *Manager) watch(d *Device) {
 	qs := d.sess.Queues()
-	cases := make(chan *client.Queue, len(qs))
+	done := make(chan *client.Queue, len(qs))
 	for _, q := range qs {
 		go func() {
 			select {
 			case <-q.Done():
-				cases <- q
+				done <- q
 			case <-d.ctx.Done():
 			}
 		}()
 	}
-	select {
-	case q := <-cases:
-		if d.ctx.Err() != nil {
+	for left := len(qs); left > 0; left-- {
+		select {
+		case q := <-done:
+			if d.ctx.Err() != nil {
+				return
+			}
+			_, why := q.Dead()
+			if left > 1 {
+				d.log.Error("queue lost; the device goes on with its other queues", "queue", q.Index(), "reason", why)
+				if i := q.Index(); i < len(d.conns) {
+					d.conns[i].Close()
+				}
+				continue
+			}
+			d.why.Store(why)
+			d.state.Store(StateFailed)
+			d.log.Error("connection to the target lost; I/O to the device now fails", "queue", q.Index(), "reason", why)
+			m.onChange()
+		case <-d.ctx.Done():
 			return
 		}
-		_, why := q.Dead()
-		d.why.Store(why)
-		d.state.Store(StateFailed)
-		d.log.Error("connection to the target lost; I/O to the device now fails", "queue", q.Index(), "reason", why)
-		m.onChange()
-	case <-d.ctx.Done():
 	}
 }
 

@@ -64,7 +64,7 @@ type Collector struct {
 	inflight, inflightMax     *prometheus.Desc
 	duration                  *prometheus.Desc
 	inline, fua, stalls       *prometheus.Desc
-	cqWaits, cqPolled, reconn *prometheus.Desc
+	cqWaits, cqPolled, reconn, resent *prometheus.Desc
 	info, size                *prometheus.Desc
 	build                     *prometheus.Desc
 
@@ -124,6 +124,7 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 	c.cqWaits = desc("rbd_cq_waits_total", "Times the completion poller slept on the completion channel.")
 	c.cqPolled = desc("rbd_cq_polled_max", "Most completions returned by one poll.")
 	c.reconn = desc("rbd_reconnects_total", "Connections re-established.")
+	c.resent = desc("rbd_resent_total", "Commands sent again on a new connection after theirs died.")
 	c.info = desc("rbd_device_info", "Static information about a device or export; always 1.", c.infoNames...)
 	c.size = desc("rbd_device_size_bytes", "Size of a device or export in bytes.")
 	c.build = prometheus.NewDesc("rbd_build_info", "The daemon's build: its version and the Go version it was built with; always 1.",
@@ -268,7 +269,7 @@ func (c *Collector) Entries() []Entry {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.started, c.completed, c.ops, c.bytes, c.errs, c.inflight, c.inflightMax,
-		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.info, c.size, c.build,
+		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.resent, c.info, c.size, c.build,
 	} {
 		ch <- d
 	}
@@ -339,6 +340,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.cqWaits, s.CQWaits, lv)
 		gauge(c.cqPolled, float64(s.MaxCQPolled), lv)
 		counter(c.reconn, s.Reconnects, lv)
+		counter(c.resent, s.Resent, lv)
 	}
 	for _, e := range infos {
 		lv := c.values(e.labels, len(e.extra))

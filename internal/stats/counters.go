@@ -112,6 +112,7 @@ type Counters struct {
 	stallSQFull  atomic.Uint64
 	stallNoSlot  atomic.Uint64
 	reconnects   atomic.Uint64
+	resent       atomic.Uint64
 	errs         [NumErrKinds]atomic.Uint64 // not tied to a request; [ErrNone] unused
 	_            pad
 }
@@ -220,6 +221,10 @@ func (c *Counters) ObservePolled(n int) {
 // AddReconnect counts a re-established connection. It is lock-free and does
 // not allocate.
 func (c *Counters) AddReconnect() { c.reconnects.Add(1) }
+
+// AddResent counts commands sent again on a new connection after the one
+// they went out on died. It is lock-free and does not allocate.
+func (c *Counters) AddResent(n int) { c.resent.Add(uint64(n)) }
 
 // AddError counts an error not tied to a request, such as a protocol violation
 // (ErrInvalid) or a lost connection (ErrTransport); request failures go

@@ -63,6 +63,7 @@
 //	rbd_cq_waits_total                        counter
 //	rbd_cq_polled_max                         gauge
 //	rbd_reconnects_total                      counter
+//	rbd_resent_total                          counter
 //	rbd_device_info{<info labels>}            gauge, always 1
 //	rbd_device_size_bytes                     gauge
 //

@@ -26,6 +26,7 @@ type Snapshot struct {
 	// MaxCQPolled is the most completions one poll returned.
 	MaxCQPolled uint64 `json:"max_cq_polled"`
 	Reconnects  uint64 `json:"reconnects"`
+	Resent      uint64 `json:"resent"`
 	// OtherErrors counts, by kind, the errors not tied to a request
 	// (AddError, and Done with an invalid op); only non-zero kinds appear.
 	OtherErrors map[ErrKind]uint64 `json:"other_errors,omitempty"`
@@ -115,6 +116,7 @@ func (c *Counters) Snapshot() Snapshot {
 	s.CQWaits = c.cqWaits.Load()
 	s.MaxCQPolled = c.maxPolled.Load()
 	s.Reconnects = c.reconnects.Load()
+	s.Resent = c.resent.Load()
 	for k := ErrNone + 1; k < NumErrKinds; k++ {
 		if n := c.errs[k].Load(); n != 0 {
 			if s.OtherErrors == nil {

@@ -50,6 +50,7 @@ func (s Snapshot) WriteText(w io.Writer) error {
 		{"cq_waits", s.CQWaits},
 		{"max_cq_polled", s.MaxCQPolled},
 		{"reconnects", s.Reconnects},
+		{"resent", s.Resent},
 	} {
 		fmt.Fprintf(tw, "%s\t%d\n", f.name, f.v)
 	}

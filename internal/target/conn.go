@@ -52,6 +52,12 @@ type conn struct {
 	queue uint16
 	caps  uint32
 
+	// replaces is the connection of the same session and queue that this
+	// one's OPEN replaced: the OPEN is answered only once it has finished
+	// (fencing: none of its writes can land after a resent one).
+	replaces *conn
+	finished chan struct{} // closed when serve has stopped its loop and workers
+
 	dropOnce sync.Once
 	dead     atomic.Bool
 	why      atomic.Value // string: why the connection was dropped
@@ -87,7 +93,7 @@ type connParams struct {
 // closes the endpoint), then freeBuffers.
 func newConn(s *Server, req transport.Request, p connParams) (*conn, error) {
 	c := &conn{srv: s, peer: req.RemoteAddr(), version: p.version, depth: p.depth, slotSize: p.slotSize, inline: p.inline,
-		nctx: 2 * p.depth, peerKey: p.peerKey, peerAddr: p.peerAddr, inlineIO: s.cfg.InlineIO}
+		nctx: 2 * p.depth, peerKey: p.peerKey, peerAddr: p.peerAddr, inlineIO: s.cfg.InlineIO, finished: make(chan struct{})}
 	c.log = s.log.With("peer", c.peer)
 	var err error
 	// each request may need a pushed WRITE and its reply
@@ -207,6 +213,7 @@ func (c *conn) serve(ctx context.Context) {
 	c.loop()
 	close(c.work)
 	c.workers.Wait()
+	close(c.finished)
 	c.srv.leave(c)
 	why, _ := c.why.Load().(string)
 	c.log.Debug("connection closed", "reason", why)

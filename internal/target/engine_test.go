@@ -345,8 +345,8 @@ func TestMultiQueue(t *testing.T) {
 	}
 }
 
-// TestDropCompletesOnce: commands run from several goroutines while the
-// connection drops; every submitted command completes exactly once, with
+// TestDropCompletesOnce: with reconnecting off, commands run from several
+// goroutines while the connection drops; every submitted command completes exactly once, with
 // success or ESHUTDOWN (Slot.Submit against the loop's failAll). Repeated
 // with different seeds: where the drop falls, and how (after N messages, or
 // from another goroutine at a random moment).
@@ -387,7 +387,7 @@ func dropRun(t *testing.T, img string, seed uint64) (submittedN, shutdownN int64
 	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer dcancel()
 	sess, err := client.Dial(dctx, client.Config{Target: targetAddr, Export: img, Transport: net, Log: quiet(),
-		Queue: client.QueueConfig{Depth: 8, MaxIO: 16 << 10, Inline: 4096}})
+		Queue: client.QueueConfig{Depth: 8, MaxIO: 16 << 10, Inline: 4096, NoReconnect: true}})
 	if err != nil {
 		t.Fatalf("seed %d: Dial: %v", seed, err)
 	}
@@ -476,6 +476,7 @@ func TestKeepAliveFrozenTarget(t *testing.T) {
 	const idle, dead = 20 * time.Millisecond, 40 * time.Millisecond
 	sess := dial(t, net, img, 1, func(c *client.Config) {
 		c.Queue.KeepAlive, c.Queue.KeepAliveTimeout = idle, dead
+		c.Queue.NoReconnect = true
 	})
 	q := sess.Queues()[0]
 	if _, st := do(t, q, wire.OpRead, 0, 0, nil, 4096); st != wire.StatusOK {

@@ -18,6 +18,9 @@ func (c *conn) execute(i int, inLoop bool) {
 	n := 0
 	push := false
 	t0 := time.Now()
+	if h := c.srv.cfg.BeforeIO; h != nil && (r.Op == wire.OpRead || r.Op == wire.OpWrite) {
+		h(r.Op, r.Offset)
+	}
 	switch r.Op {
 	case wire.OpRead:
 		if r.Flags&wire.FlagInline != 0 {

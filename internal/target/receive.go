@@ -239,9 +239,17 @@ func (c *conn) openRequest(i int) {
 		if be.Rotational() {
 			caps |= wire.CapRotational
 		}
-		c.sess, c.be, c.caps = sess, be, caps
-		rep = wire.OpenReply{Size: uint64(be.Size()), LogicalBlockSize: uint32(be.LogicalBlockSize()),
-			PhysicalBlockSize: uint32(be.PhysicalBlockSize()), Caps: caps, Session: sess.id}
+		// Fencing: the replaced connection's requests (a write stalled in
+		// its backend I/O) finish before the initiator may resend them here.
+		if !c.srv.fenced(c, sess) {
+			st = wire.StatusBusy
+			rep.Message = fmt.Sprintf("the previous connection of queue %d still has I/O in progress on the target; try again", o.Queue)
+			c.log.Warn("OPEN refused", "export", o.ExportName, "status", st, "reason", rep.Message)
+		} else {
+			c.sess, c.be, c.caps = sess, be, caps
+			rep = wire.OpenReply{Size: uint64(be.Size()), LogicalBlockSize: uint32(be.LogicalBlockSize()),
+				PhysicalBlockSize: uint32(be.PhysicalBlockSize()), Caps: caps, Session: sess.id}
+		}
 	}
 	n, _ := rep.Encode(c.ring.RecvData(i))
 	c.reply(i, st, n, false, true)

@@ -29,6 +29,9 @@ type Config struct {
 	MaxConns      int // connections at once (default 256)
 	// Transport is what the server listens on (default: RDMA over rdma_cm).
 	Transport transport.Network
+	// BeforeIO, if set, runs before each backend READ or WRITE (tests: a
+	// stalled backend).
+	BeforeIO func(op wire.Op, offset uint64)
 	// Workers per connection doing backend I/O that may block (default: the
 	// queue depth, at most 64).
 	Workers int
@@ -337,9 +340,12 @@ type session struct {
 	readOnly bool
 	queues   int
 	conns    map[uint16]*conn
-	peer     netip.AddrPort
-	since    time.Time
-	Stats    *stats.Counters
+	// fences: per queue, a replaced connection whose requests may still run;
+	// the queue's next OPEN is answered only once it has finished.
+	fences map[uint16]*conn
+	peer   netip.AddrPort
+	since  time.Time
+	Stats  *stats.Counters
 }
 
 // SessionInfo describes a session for listings.
@@ -421,7 +427,7 @@ func (s *Server) open(c *conn, o wire.Open) (*session, error) {
 			exp.mu.Unlock()
 			return nil, &openError{wire.StatusOf(err), fmt.Sprintf("export %s cannot be opened on the target: %v", exp.Name(), err)}
 		}
-		ss = &session{id: o.Session, export: exp, readOnly: ro, queues: int(o.Queues), conns: map[uint16]*conn{},
+		ss = &session{id: o.Session, export: exp, readOnly: ro, queues: int(o.Queues), conns: map[uint16]*conn{}, fences: map[uint16]*conn{},
 			peer: c.peer, since: time.Now(), Stats: stats.NewCounters()}
 		if !ro && !exp.cfg.Shared {
 			exp.writer = ss
@@ -443,11 +449,44 @@ func (s *Server) open(c *conn, o wire.Open) (*session, error) {
 		s.log.Info("queue replaced by a new connection", "session", ss.id, "queue", o.Queue, "old_peer", old.peer)
 		delete(ss.conns, o.Queue)
 		go old.drop("replaced by a new connection of its session")
+		ss.fences[o.Queue] = old
 	}
+	c.replaces = ss.fences[o.Queue]
 	ss.conns[o.Queue] = c
 	c.queue = o.Queue
 	return ss, nil
 }
+
+// fenced waits until the connection that c's OPEN replaced has finished its
+// requests (at most fenceTimeout). When it has not, c leaves its session
+// again and the OPEN is refused with EBUSY: the initiator tries again.
+func (s *Server) fenced(c *conn, ss *session) bool {
+	old := c.replaces
+	if old == nil {
+		return true
+	}
+	c.replaces = nil
+	select {
+	case <-old.finished:
+		s.mu.Lock()
+		if ss.fences[c.queue] == old {
+			delete(ss.fences, c.queue)
+		}
+		s.mu.Unlock()
+		return true
+	case <-time.After(fenceTimeout):
+	}
+	s.mu.Lock()
+	if ss.conns[c.queue] == c {
+		delete(ss.conns, c.queue)
+	}
+	s.mu.Unlock()
+	return false
+}
+
+// fenceTimeout bounds how long a replacing OPEN waits for the old
+// connection's requests.
+const fenceTimeout = 20 * time.Second
 
 // leave removes c from its session; the last connection ends the session.
 func (s *Server) leave(c *conn) {

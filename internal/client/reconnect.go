@@ -1,0 +1,152 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"rbd/internal/verbs"
+	"rbd/internal/wire"
+)
+
+// run supervises the queue: each time its connection ends, it reconnects
+// with backoff under the same session and queue index, OPENs, and sends
+// again what was in flight, in submission order; it finishes the queue when
+// it is closed, when reconnecting is off, when the loss outlasts
+// CtrlLossTimeout, or when the target refuses the queue for good.
+func (q *Queue) run(c *qconn) {
+	defer close(q.stopped)
+	cfg := q.sess.cfg.Queue
+	for {
+		<-c.stopped
+		q.failControl()
+		why := c.reason()
+		// under the submit lock: no prepare is building a command in the
+		// ring's memory (it saw the connection alive just before it died)
+		q.subMu.Lock()
+		c.free()
+		q.subMu.Unlock()
+		if q.closing.Load() || cfg.NoReconnect {
+			q.finish(why, StateClosed)
+			return
+		}
+		lost := time.Now()
+		q.log.Warn("reconnecting", "reason", why, "in_flight", q.inflight.Load())
+		nc, err := q.reconnect(lost, why)
+		if err != nil {
+			q.log.Error("connection to the target lost for good; I/O on this queue fails", "reason", err)
+			q.finish(err.Error(), StateFailed)
+			return
+		}
+		c = nc
+	}
+}
+
+// finish ends the queue: its commands fail with ESHUTDOWN.
+func (q *Queue) finish(why, state string) {
+	if q.closing.Load() && state == StateFailed {
+		state = StateClosed
+	}
+	q.why.Store(why)
+	q.setState(QueueState{State: state, Since: time.Now(), LastErr: why})
+	q.failAll()
+}
+
+// reconnect tries until a connection is back (and returns it, published,
+// with the resends posted) or the loss is beyond repair.
+func (q *Queue) reconnect(lost time.Time, why string) (*qconn, error) {
+	cfg := q.sess.cfg.Queue
+	delay := cfg.ReconnectDelay
+	for attempt := 1; ; attempt++ {
+		q.setState(QueueState{State: StateReconnecting, Attempt: attempt, Since: lost, LastErr: why})
+		wait := delay
+		if limit := cfg.CtrlLossTimeout; limit >= 0 {
+			left := time.Until(lost.Add(limit))
+			if left <= 0 {
+				return nil, fmt.Errorf("no connection for %v (ctrl-loss-timeout): %s", limit, why)
+			}
+			wait = min(wait, left)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-q.stop:
+			t.Stop()
+			return nil, errors.New("closed while reconnecting")
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		c, err := q.dialOpen(ctx)
+		cancel()
+		if err == nil {
+			n := q.resend(c)
+			q.stats.AddReconnect()
+			q.log.Info("reconnected", "attempt", attempt, "after", time.Since(lost).Round(time.Millisecond), "resent", n)
+			q.setState(QueueState{State: StateConnected, Since: time.Now()})
+			return c, nil
+		}
+		var pe *permanentError
+		if errors.As(err, &pe) {
+			return nil, err
+		}
+		why = err.Error()
+		q.log.Warn("reconnect failed", "attempt", attempt, "err", err)
+		delay = min(2*delay, cfg.ReconnectDelayMax)
+	}
+}
+
+// dialOpen makes a new connection and OPENs it with the session's id and
+// this queue's index; the target answers once the old connection's requests
+// are done (docs/protocol.md).
+func (q *Queue) dialOpen(ctx context.Context) (*qconn, error) {
+	c, _, err := q.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.start()
+	_, err = q.open(ctx, c)
+	if err == nil {
+		return c, nil
+	}
+	c.drop("OPEN failed: " + err.Error())
+	<-c.stopped
+	q.failControl()
+	q.subMu.Lock() // a nudge may be building on it
+	c.free()
+	q.subMu.Unlock()
+	var ee *ExportError
+	if errors.As(err, &ee) {
+		switch ee.Status {
+		case wire.StatusNoEnt, wire.StatusPerm, wire.StatusInval, wire.StatusROFS:
+			return nil, &permanentError{err} // the export is gone or no longer ours
+		}
+	}
+	return nil, err
+}
+
+// resend publishes connection c and sends every command still owed a reply
+// again on it, in submission order, in one post; new commands go to c from
+// here on. It returns how many it sent.
+func (q *Queue) resend(c *qconn) int {
+	q.subMu.Lock()
+	defer q.subMu.Unlock()
+	q.conn.Store(c)
+	var owed []*Slot
+	for i := range q.slots {
+		if s := &q.slots[i]; s != q.control && s.state.Load() == slotSent {
+			owed = append(owed, s)
+		}
+	}
+	sort.Slice(owed, func(i, j int) bool { return owed[i].seq < owed[j].seq })
+	wrs := make([]verbs.SendWR, 0, 2*len(owed))
+	for _, s := range owed {
+		n := s.build(c)
+		wrs = append(wrs, s.wrs[:n]...)
+	}
+	if len(wrs) > 0 {
+		c.post(wrs)
+		q.stats.AddResent(len(owed))
+	}
+	return len(owed)
+}

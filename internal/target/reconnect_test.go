@@ -1,0 +1,242 @@
+package target_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"rbd/internal/client"
+	"rbd/internal/target"
+	"rbd/internal/transport/memt"
+	"rbd/internal/wire"
+)
+
+// fastReconnect makes a session reconnect within milliseconds.
+func fastReconnect(limit time.Duration) func(*client.Config) {
+	return func(c *client.Config) {
+		c.Queue.ReconnectDelay, c.Queue.ReconnectDelayMax, c.Queue.CtrlLossTimeout = time.Millisecond, 5*time.Millisecond, limit
+	}
+}
+
+// verifiedIO runs writers that each write a block and read it back, over
+// and over, until stop; it returns how many pairs passed and the first
+// failure.
+func verifiedIO(t *testing.T, qs []*client.Queue, workers int, stop <-chan struct{}) (func() (int, error), *sync.WaitGroup) {
+	var mu sync.Mutex
+	var pairs int
+	var first error
+	var wg sync.WaitGroup
+	for g := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			q := qs[g%len(qs)]
+			for k := 0; ; k++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				off := uint64(g*64+k%64) * 16 << 10
+				data := random(rng, 16<<10)
+				if _, st := do(t, q, wire.OpWrite, 0, off, data, 0); st != wire.StatusOK {
+					mu.Lock()
+					first = errorf("worker %d: WRITE at %d: %v", g, off, st)
+					mu.Unlock()
+					return
+				}
+				got, st := do(t, q, wire.OpRead, 0, off, nil, len(data))
+				if st != wire.StatusOK || !bytes.Equal(got, data) {
+					mu.Lock()
+					first = errorf("worker %d: READ at %d: %v, equal %v", g, off, st, bytes.Equal(got, data))
+					mu.Unlock()
+					return
+				}
+				mu.Lock()
+				pairs++
+				mu.Unlock()
+			}
+		}()
+	}
+	return func() (int, error) { mu.Lock(); defer mu.Unlock(); return pairs, first }, &wg
+}
+
+type testError string
+
+func (e testError) Error() string { return string(e) }
+func errorf(format string, args ...any) error {
+	return testError(fmt.Sprintf(format, args...))
+}
+
+// TestReconnectResends: connections are dropped under verified I/O, in the
+// middle of commands; every command is sent again on the next connection and
+// completes with success: no error reaches the caller, every block reads
+// back as written, and the reconnects and resends are counted.
+func TestReconnectResends(t *testing.T) {
+	for _, inlineIO := range []time.Duration{time.Second, -1} { // I/O in the loop, in workers
+		t.Run(map[bool]string{true: "loop", false: "workers"}[inlineIO > 0], func(t *testing.T) {
+			net := memt.New(memt.Options{Seed: 3})
+			img := image(t, imageSize)
+			serve(t, net, func(c *target.Config) { c.InlineIO = inlineIO }, target.ExportConfig{Path: img})
+			sess := dial(t, net, img, 2, fastReconnect(10*time.Second))
+			stop := make(chan struct{})
+			result, wg := verifiedIO(t, sess.Queues(), 4, stop)
+			const drops = 6
+			for i := range drops {
+				time.Sleep(30 * time.Millisecond)
+				conns := net.Conns()
+				c := conns[len(conns)-1-i%2] // the newest connection of one queue or the other
+				if i%2 == 0 {
+					c.DropAfter(i) // in the middle of a burst
+				} else {
+					c.Drop()
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+			close(stop)
+			wg.Wait()
+			pairs, err := result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap := sess.Stats.Snapshot()
+			t.Logf("%d verified write+read pairs across %d drops; %d reconnects, %d commands resent", pairs, drops, snap.Reconnects, snap.Resent)
+			if pairs == 0 || snap.Reconnects < 2 {
+				t.Fatalf("%d pairs, %d reconnects: the test did not exercise reconnecting", pairs, snap.Reconnects)
+			}
+			for _, q := range sess.Queues() {
+				if st := q.State(); st.State != client.StateConnected {
+					t.Errorf("queue %d: %+v", q.Index(), st)
+				}
+			}
+		})
+	}
+}
+
+// TestTargetRestart: the target goes away (all its connections end) and a
+// new one comes back at the same address; commands issued meanwhile wait and
+// then complete, and what was written before reads back.
+func TestTargetRestart(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	srv1, stop1 := serveStoppable(t, net, img)
+	sess := dial(t, net, img, 1, fastReconnect(10*time.Second))
+	q := sess.Queues()[0]
+	data := random(rand.New(rand.NewPCG(1, 2)), 64<<10)
+	if _, st := do(t, q, wire.OpWrite, 0, 1<<20, data, 0); st != wire.StatusOK {
+		t.Fatalf("WRITE: %v", st)
+	}
+	_ = srv1
+	stop1() // the target is gone
+	done := make(chan []byte, 1)
+	go func() { got, _ := do(t, q, wire.OpRead, 0, 1<<20, nil, len(data)); done <- got }()
+	time.Sleep(50 * time.Millisecond)
+	if st := q.State(); st.State != client.StateReconnecting || st.Attempt < 1 {
+		t.Fatalf("while the target is away: %+v", st)
+	}
+	select {
+	case <-done:
+		t.Fatal("a READ completed while no target was there")
+	default:
+	}
+	serveStoppable(t, net, img) // back
+	select {
+	case got := <-done:
+		if !bytes.Equal(got, data) {
+			t.Fatal("data after the restart differs")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the READ did not complete after the target came back")
+	}
+	if st := q.State(); st.State != client.StateConnected {
+		t.Fatalf("after the restart: %+v", st)
+	}
+}
+
+// TestCtrlLossTimeout: when no target comes back within CtrlLossTimeout,
+// the commands waiting fail with ESHUTDOWN and the queue is failed.
+func TestCtrlLossTimeout(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	_, stop := serveStoppable(t, net, img)
+	sess := dial(t, net, img, 1, fastReconnect(200*time.Millisecond))
+	q := sess.Queues()[0]
+	stop()
+	t0 := time.Now()
+	_, st := do(t, q, wire.OpRead, 0, 0, nil, 4096)
+	if el := time.Since(t0); st != wire.StatusShutdown || el > 5*time.Second {
+		t.Fatalf("READ with no target: %v after %v, want ESHUTDOWN after about 200ms", st, el)
+	}
+	<-q.Done()
+	if st := q.State(); st.State != client.StateFailed || st.LastErr == "" {
+		t.Fatalf("after ctrl-loss-timeout: %+v", st)
+	}
+	if _, err := q.Acquire(context.Background()); err == nil {
+		t.Fatal("a failed queue still hands out slots")
+	}
+}
+
+// TestFencing: a write stalled in the old connection's backend I/O finishes
+// before the replacing connection's OPEN is answered, so the resent (newer)
+// write to the same block lands last.
+func TestFencing(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	gate := make(chan struct{})
+	var once sync.Once
+	serve(t, net, func(c *target.Config) {
+		c.InlineIO = -1 // in workers, so that the hook can stall one
+		c.BeforeIO = func(op wire.Op, off uint64) {
+			if op == wire.OpWrite && off == 2<<20 {
+				once.Do(func() { <-gate })
+			}
+		}
+	}, target.ExportConfig{Path: img})
+	sess := dial(t, net, img, 1, fastReconnect(10*time.Second))
+	q := sess.Queues()[0]
+	old := bytes.Repeat([]byte{0xaa}, 4096)
+	res := make(chan wire.Status, 1)
+	go func() { _, st := do(t, q, wire.OpWrite, 0, 2<<20, old, 0); res <- st }()
+	time.Sleep(30 * time.Millisecond) // the write is stalled in the target's worker
+	net.Conns()[0].Drop()
+	time.Sleep(50 * time.Millisecond) // the initiator reconnects; its OPEN waits for the stalled write
+	if st := q.State(); st.State == client.StateConnected && q.State().Since.IsZero() {
+		t.Fatalf("state %+v", st)
+	}
+	close(gate) // the old write lands now, then the OPEN is answered and the write is resent
+	if st := <-res; st != wire.StatusOK {
+		t.Fatalf("resent WRITE: %v", st)
+	}
+	newer := bytes.Repeat([]byte{0x55}, 4096)
+	if _, st := do(t, q, wire.OpWrite, 0, 2<<20, newer, 0); st != wire.StatusOK {
+		t.Fatalf("newer WRITE: %v", st)
+	}
+	if got := fileAt(t, img, 2<<20, 4096); !bytes.Equal(got, newer) {
+		t.Fatalf("the block holds %#x..., want the newer write", got[:4])
+	}
+}
+
+// serveStoppable is serve with a stop function instead of the cleanup.
+func serveStoppable(t *testing.T, net *memt.Network, img string) (*target.Server, func()) {
+	t.Helper()
+	srv, err := target.NewServer(target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{{Path: img}}, Transport: net, Log: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx); close(done) }()
+	var once sync.Once
+	stop := func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return srv, stop
+}
