@@ -33,6 +33,8 @@ type daemons struct {
 	imetrics   string
 	rbdt, rbdi *exec.Cmd
 	tlog, ilog *bytes.Buffer
+	targs      []string // rbdt's arguments and environment, for restartTarget
+	tenv       []string
 }
 
 func binDir(t *testing.T) string {
@@ -77,6 +79,7 @@ func startDaemons(t *testing.T, o daemonOpts) *daemons {
 		for _, e := range o.exports {
 			args = append(args, "--export", e)
 		}
+		d.targs, d.tenv = args, o.rbdtEnv
 		d.rbdt, d.tlog = d.start("rbdt", args, d.tsock, o.rbdtEnv)
 	}
 	if !o.noRbdi {
@@ -85,6 +88,15 @@ func startDaemons(t *testing.T, o daemonOpts) *daemons {
 		d.rbdi, d.ilog = d.start("rbdi", args, d.isock, o.rbdiEnv)
 	}
 	return d
+}
+
+// restartTarget starts rbdt again with the same arguments, after it died
+// (the old process must be gone: its socket and port are taken over).
+func (d *daemons) restartTarget() {
+	d.t.Helper()
+	d.rbdt.Process.Kill()
+	os.Remove(d.tsock)
+	d.rbdt, d.tlog = d.start("rbdt", d.targs, d.tsock, d.tenv)
 }
 
 func (d *daemons) start(name string, args []string, sock string, env []string) (*exec.Cmd, *bytes.Buffer) {

@@ -416,12 +416,13 @@ func TestLargeRequests(t *testing.T) {
 }
 
 // TestTargetHangs stops rbdt (SIGSTOP): its connections stay up in the
-// kernel, but nothing answers. The initiator's keepalive declares them dead,
-// so I/O fails promptly instead of hanging until the kernel's timeout, and
-// the device says why.
+// kernel, but nothing answers. The initiator's keepalive declares them dead
+// and the queues try to reconnect (rbdctl -l says so); when no target answers
+// within ctrl-loss-timeout, I/O fails instead of hanging, and the device says
+// why.
 func TestTargetHangs(t *testing.T) {
 	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
-		rbdiArgs: []string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--timeout", "120s"}})
+		rbdiArgs: []string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s", "--ctrl-loss-timeout", "10s"}})
 	dev := d.add("/dev/ram1")
 	run(t, "dd", "if=/dev/zero", "of="+dev, "bs=4k", "count=16", "oflag=direct", "status=none")
 	if err := d.rbdt.Process.Signal(syscall.SIGSTOP); err != nil {
@@ -429,17 +430,30 @@ func TestTargetHangs(t *testing.T) {
 	}
 	defer d.rbdt.Process.Signal(syscall.SIGCONT)
 	t0 := time.Now()
-	out, err := exec.Command("dd", "if="+dev, "of=/dev/null", "bs=4k", "count=1", "skip=100", "iflag=direct", "status=none").CombinedOutput()
+	type res struct {
+		out []byte
+		err error
+	}
+	done := make(chan res, 1)
+	go func() {
+		out, err := exec.Command("dd", "if="+dev, "of=/dev/null", "bs=4k", "count=1", "skip=100", "iflag=direct", "status=none").CombinedOutput()
+		done <- res{out, err}
+	}()
+	time.Sleep(7 * time.Second) // keepalive (4 s) declared the connection dead: reconnecting
+	if list, _, _ := d.ctl("-l"); !strings.Contains(list, "reconnecting") {
+		t.Errorf("rbdctl -l while the target hangs does not say reconnecting:\n%s", list)
+	}
+	r := <-done
 	took := time.Since(t0)
-	if err == nil {
+	if r.err == nil {
 		t.Fatalf("read from a device whose target hangs succeeded")
 	}
-	t.Logf("read failed after %v: %s", took.Round(100*time.Millisecond), strings.TrimSpace(string(out)))
+	t.Logf("read failed after %v: %s", took.Round(100*time.Millisecond), strings.TrimSpace(string(r.out)))
 	if took > 60*time.Second {
-		t.Fatalf("the failure took %v: the keepalive did not work", took)
+		t.Fatalf("the failure took %v: keepalive and ctrl-loss-timeout did not work", took)
 	}
 	list, _, _ := d.ctl("-l")
-	if !strings.Contains(list, "failed") || !strings.Contains(list, "did not answer") {
+	if !strings.Contains(list, "failed") || !strings.Contains(list, "ctrl-loss-timeout") {
 		t.Fatalf("rbdctl -l does not show the failure:\n%s", list)
 	}
 	d.rbdt.Process.Signal(syscall.SIGCONT)
