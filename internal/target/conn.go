@@ -58,6 +58,7 @@ type conn struct {
 	replaces *conn
 	finished chan struct{} // closed when serve has stopped its loop and workers
 
+	draining atomic.Bool // the target stops: no new requests run
 	dropOnce sync.Once
 	dead     atomic.Bool
 	why      atomic.Value // string: why the connection was dropped
@@ -152,6 +153,18 @@ func (c *conn) drop(why string) {
 		c.dead.Store(true)
 		c.ep.Wakeup()
 	})
+}
+
+// drain stops the connection taking requests and waits (at most timeout)
+// until those running have finished and their replies were posted; a moment
+// more lets the replies leave before the caller disconnects.
+func (c *conn) drain(timeout time.Duration) {
+	c.draining.Store(true)
+	deadline := time.Now().Add(timeout)
+	for c.outstanding.Load() > 0 && !c.dead.Load() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
 }
 
 // violation drops a connection whose peer broke the protocol.

@@ -1,6 +1,7 @@
 package target
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -102,7 +103,8 @@ func (e *Export) close() error {
 	if e.be == nil {
 		return nil
 	}
-	err := e.be.Close()
+	// what the initiators wrote is on stable storage before the export goes
+	err := errors.Join(e.be.Flush(), e.be.Close())
 	e.be = nil
 	return err
 }

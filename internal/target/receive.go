@@ -77,6 +77,9 @@ func (c *conn) received(i, n int) {
 		c.violation("%v", err)
 		return
 	}
+	if c.draining.Load() {
+		return // the target stops: unanswered, sent again after the reconnect
+	}
 	if int(c.outstanding.Add(1)) > c.depth {
 		c.violation("more than %d requests outstanding", c.depth)
 		return

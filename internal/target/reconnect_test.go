@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,36 +190,46 @@ func TestFencing(t *testing.T) {
 	net := memt.New(memt.Options{})
 	img := image(t, imageSize)
 	gate := make(chan struct{})
-	var once sync.Once
+	var first atomic.Bool
 	serve(t, net, func(c *target.Config) {
 		c.InlineIO = -1 // in workers, so that the hook can stall one
 		c.BeforeIO = func(op wire.Op, off uint64) {
-			if op == wire.OpWrite && off == 2<<20 {
-				once.Do(func() { <-gate })
+			if op == wire.OpWrite && off == 2<<20 && !first.Swap(true) {
+				<-gate // only the first copy of the write stalls
 			}
 		}
 	}, target.ExportConfig{Path: img})
 	sess := dial(t, net, img, 1, fastReconnect(10*time.Second))
 	q := sess.Queues()[0]
 	old := bytes.Repeat([]byte{0xaa}, 4096)
+	newer := bytes.Repeat([]byte{0x55}, 4096)
 	res := make(chan wire.Status, 1)
 	go func() { _, st := do(t, q, wire.OpWrite, 0, 2<<20, old, 0); res <- st }()
-	time.Sleep(30 * time.Millisecond) // the write is stalled in the target's worker
+	time.Sleep(30 * time.Millisecond) // the old write is stalled in the target's worker
 	net.Conns()[0].Drop()
-	time.Sleep(50 * time.Millisecond) // the initiator reconnects; its OPEN waits for the stalled write
-	if st := q.State(); st.State == client.StateConnected && q.State().Since.IsZero() {
-		t.Fatalf("state %+v", st)
+	// The write is resent on the new connection. Without a fence it would
+	// complete while its first copy is still stalled, the newer write would
+	// follow, and the stalled copy would land last.
+	var st wire.Status
+	select {
+	case st = <-res:
+	case <-time.After(150 * time.Millisecond):
+		close(gate) // fenced: the OPEN waits for the stalled write; let it land
+		st = <-res
+		gate = nil
 	}
-	close(gate) // the old write lands now, then the OPEN is answered and the write is resent
-	if st := <-res; st != wire.StatusOK {
+	if st != wire.StatusOK {
 		t.Fatalf("resent WRITE: %v", st)
 	}
-	newer := bytes.Repeat([]byte{0x55}, 4096)
 	if _, st := do(t, q, wire.OpWrite, 0, 2<<20, newer, 0); st != wire.StatusOK {
 		t.Fatalf("newer WRITE: %v", st)
 	}
+	if gate != nil {
+		close(gate) // (no fence) the stalled copy lands now
+		time.Sleep(50 * time.Millisecond)
+	}
 	if got := fileAt(t, img, 2<<20, 4096); !bytes.Equal(got, newer) {
-		t.Fatalf("the block holds %#x..., want the newer write", got[:4])
+		t.Fatalf("the block holds %#x..., want the newer write: the old connection's write landed after it", got[:4])
 	}
 }
 
@@ -239,4 +250,33 @@ func serveStoppable(t *testing.T, net *memt.Network, img string) (*target.Server
 	stop := func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return srv, stop
+}
+
+// TestTargetStopUnderIO: the target stops (SIGTERM's path: Server.Close)
+// while verified I/O runs, and a new one starts: requests running finish
+// and are answered, those arriving during the stop are sent again after the
+// reconnect, and no command fails.
+func TestTargetStopUnderIO(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	_, stop1 := serveStoppable(t, net, img)
+	sess := dial(t, net, img, 2, fastReconnect(10*time.Second))
+	halt := make(chan struct{})
+	result, wg := verifiedIO(t, sess.Queues(), 4, halt)
+	time.Sleep(50 * time.Millisecond)
+	stop1()
+	time.Sleep(50 * time.Millisecond)
+	serveStoppable(t, net, img)
+	time.Sleep(100 * time.Millisecond)
+	close(halt)
+	wg.Wait()
+	pairs, err := result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := sess.Stats.Snapshot()
+	t.Logf("%d verified pairs across a target stop and start; %d reconnects, %d resent", pairs, snap.Reconnects, snap.Resent)
+	if snap.Reconnects < 2 {
+		t.Fatalf("%d reconnects: both queues should have reconnected", snap.Reconnects)
+	}
 }

@@ -311,9 +311,20 @@ func (s *Server) Close() error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	// Graceful: each connection stops taking requests (a request that
+	// arrives now is left unanswered: its initiator sends it again after
+	// reconnecting), lets the ones running finish and their replies go out,
+	// then disconnects.
+	var wg sync.WaitGroup
 	for _, c := range conns {
-		c.drop("target shutting down")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.drain(drainTimeout)
+			c.drop("target shutting down")
+		}()
 	}
+	wg.Wait()
 	s.wg.Wait()
 	var errs []error
 	for _, e := range s.exports.list {
@@ -483,6 +494,10 @@ func (s *Server) fenced(c *conn, ss *session) bool {
 	s.mu.Unlock()
 	return false
 }
+
+// drainTimeout bounds how long a stopping target waits for a connection's
+// requests to finish.
+const drainTimeout = 10 * time.Second
 
 // fenceTimeout bounds how long a replacing OPEN waits for the old
 // connection's requests.
