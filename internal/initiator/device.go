@@ -27,6 +27,9 @@ const (
 	StateRemoving     = "removing"
 )
 
+// DeviceStates are all the states, as rbd_device_state's state label has them.
+var DeviceStates = []string{StateConnecting, StateConnected, StateReconnecting, StateFailed, StateRemoving}
+
 // Device is one remote export shown as /dev/rbdiN (a link to /dev/nbdX).
 type Device struct {
 	Num        int    // N of rbdiN

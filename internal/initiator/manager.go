@@ -239,6 +239,7 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		l := stats.Labels{Device: d.Name(), Target: to.String(), Export: req.Export}
 		c.Add(d.Name(), l, d.Stats)
 		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface})
+		c.AddState(d.Name(), l, DeviceStates, func() string { st, _ := d.State(); return st })
 	}
 	go m.watch(d)
 	m.onChange()

@@ -59,19 +59,27 @@ type Collector struct {
 	idNames   []string // identity label names for the role
 	infoNames []string // extra rbd_device_info label names
 
-	started, completed        *prometheus.Desc
-	ops, bytes, errs          *prometheus.Desc
-	inflight, inflightMax     *prometheus.Desc
-	duration                  *prometheus.Desc
-	inline, fua, stalls       *prometheus.Desc
+	started, completed                *prometheus.Desc
+	ops, bytes, errs                  *prometheus.Desc
+	inflight, inflightMax             *prometheus.Desc
+	duration                          *prometheus.Desc
+	inline, fua, stalls               *prometheus.Desc
 	cqWaits, cqPolled, reconn, resent *prometheus.Desc
-	info, size                *prometheus.Desc
-	build                     *prometheus.Desc
+	info, size                        *prometheus.Desc
+	build                             *prometheus.Desc
+	state                             *prometheus.Desc
 
 	mu       sync.RWMutex
 	counters map[string]counterEntry
 	infos    map[string]infoEntry
+	states   map[string]stateEntry
 	buildLV  []string // version, goversion; nil until SetBuildInfo
+}
+
+type stateEntry struct {
+	labels Labels
+	states []string
+	now    func() string
 }
 
 var labelNameRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
@@ -105,6 +113,7 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 		infoNames: slices.Clone(infoLabels),
 		counters:  make(map[string]counterEntry),
 		infos:     make(map[string]infoEntry),
+		states:    make(map[string]stateEntry),
 	}
 	cl := prometheus.Labels{"role": role}
 	desc := func(name, help string, extra ...string) *prometheus.Desc {
@@ -127,6 +136,7 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 	c.resent = desc("rbd_resent_total", "Commands sent again on a new connection after theirs died.")
 	c.info = desc("rbd_device_info", "Static information about a device or export; always 1.", c.infoNames...)
 	c.size = desc("rbd_device_size_bytes", "Size of a device or export in bytes.")
+	c.state = desc("rbd_device_state", "A device's connection state: one series per state, 1 for the current one.", "state")
 	c.build = prometheus.NewDesc("rbd_build_info", "The daemon's build: its version and the Go version it was built with; always 1.",
 		[]string{"version", "goversion"}, nil)
 	return c
@@ -229,6 +239,19 @@ func (c *Collector) AddInfo(key string, l Labels, size uint64, extra map[string]
 	return nil
 }
 
+// AddState registers, under key, the gauge rbd_device_state{state} for each
+// of states: 1 for the one now returns at scrape time, 0 for the others.
+// now must be cheap and safe for concurrent use.
+func (c *Collector) AddState(key string, l Labels, states []string, now func() string) error {
+	if err := c.checkLabels(l); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.states[key] = stateEntry{labels: l, states: slices.Clone(states), now: now}
+	return nil
+}
+
 // SetBuildInfo makes the Collector emit rbd_build_info{version,goversion} 1
 // (both daemons set it at start, from internal/version). Before it is called
 // the series is absent.
@@ -244,6 +267,7 @@ func (c *Collector) Remove(key string) {
 	c.mu.Lock()
 	delete(c.counters, key)
 	delete(c.infos, key)
+	delete(c.states, key)
 	c.mu.Unlock()
 }
 
@@ -269,7 +293,7 @@ func (c *Collector) Entries() []Entry {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.started, c.completed, c.ops, c.bytes, c.errs, c.inflight, c.inflightMax,
-		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.resent, c.info, c.size, c.build,
+		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.resent, c.info, c.size, c.build, c.state,
 	} {
 		ch <- d
 	}
@@ -292,10 +316,21 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.mu.RLock()
 	ents := slices.Collect(maps.Values(c.counters))
 	infos := slices.Collect(maps.Values(c.infos))
+	states := slices.Collect(maps.Values(c.states))
 	build := c.buildLV
 	c.mu.RUnlock()
 	if build != nil {
 		ch <- prometheus.MustNewConstMetric(c.build, prometheus.GaugeValue, 1, build...)
+	}
+	for _, e := range states {
+		cur := e.now()
+		for _, st := range e.states {
+			v := 0.0
+			if st == cur {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.state, prometheus.GaugeValue, v, append(c.values(e.labels, 0), st)...)
+		}
 	}
 	// A stable order makes scrapes easier to read and compare.
 	sort.Slice(ents, func(i, j int) bool { return less(ents[i].labels, ents[j].labels) })

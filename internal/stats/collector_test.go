@@ -436,3 +436,48 @@ func TestCollectorBuildInfo(t *testing.T) {
 		})
 	}
 }
+
+func TestDeviceState(t *testing.T) {
+	c := NewCollector(RoleInitiator)
+	cur := "connected"
+	var mu sync.Mutex
+	l := Labels{Device: "rbdi0", Target: "10.0.0.1:65000", Export: "/dev/ram0"}
+	if err := c.AddState("rbdi0", l, []string{"connected", "reconnecting", "failed"}, func() string { mu.Lock(); defer mu.Unlock(); return cur }); err != nil {
+		t.Fatal(err)
+	}
+	read := func() map[string]float64 {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(c)
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "rbd_device_state" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == "state" {
+						got[lp.GetValue()] = m.GetGauge().GetValue()
+					}
+				}
+			}
+		}
+		return got
+	}
+	for _, want := range []string{"connected", "reconnecting", "failed"} {
+		mu.Lock()
+		cur = want
+		mu.Unlock()
+		got := read()
+		if len(got) != 3 || got[want] != 1 || got["connected"]+got["reconnecting"]+got["failed"] != 1 {
+			t.Fatalf("state %s: %v", want, got)
+		}
+	}
+	c.Remove("rbdi0")
+	if got := read(); len(got) != 0 {
+		t.Fatalf("after Remove: %v", got)
+	}
+}
