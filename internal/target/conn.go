@@ -31,20 +31,20 @@ type conn struct {
 	ep   transport.Endpoint
 	ring *ring.Ring
 
-	version                       uint8
-	depth, slotSize, inline       int
-	nctx                          int // receive contexts: 2 × depth
-	slots                         *verbs.Buffer
-	slotMR                        *verbs.MR
-	slotBusy                      []atomic.Bool
-	ctxs                          []reqCtx
-	peerKey                       uint32 // version 2: the initiator's slot region
-	peerAddr                      uint64
-	inlineIO                      time.Duration // run I/O in the loop while it is faster than this
-	ioNanos                       atomic.Int64  // moving average of a backend I/O
-	work                          chan int
-	workers                       sync.WaitGroup
-	outstanding                   atomic.Int32
+	version                 uint8
+	depth, slotSize, inline int
+	nctx                    int // receive contexts: 2 × depth
+	slots                   *verbs.Buffer
+	slotMR                  *verbs.MR
+	slotBusy                []atomic.Bool
+	ctxs                    []reqCtx
+	peerKey                 uint32 // version 2: the initiator's slot region
+	peerAddr                uint64
+	inlineIO                time.Duration // run I/O in the loop while it is faster than this
+	ioNanos                 atomic.Int64  // moving average of a backend I/O
+	work                    chan int
+	workers                 sync.WaitGroup
+	outstanding             atomic.Int32
 
 	// set by the loop when OPEN succeeds
 	sess  *session

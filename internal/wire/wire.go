@@ -35,8 +35,8 @@ const (
 	// ConnectSizeV2 is a connect request that carries the initiator's slot
 	// region (version 2).
 	ConnectSizeV2 = 32
-	AcceptSize  = 32
-	RejectHdr   = 8
+	AcceptSize    = 32
+	RejectHdr     = 8
 	// MaxRejectMessage keeps a reject within InfiniBand's 148 bytes.
 	MaxRejectMessage = 140
 	HeaderSize       = 32 // request and reply headers
