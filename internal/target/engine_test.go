@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"rbd/internal/client"
+	"rbd/internal/clienttest"
 	"rbd/internal/target"
 	"rbd/internal/transport/memt"
 	"rbd/internal/verbs"
@@ -90,40 +91,7 @@ func dial(t testing.TB, net *memt.Network, export string, queues int, mut ...fun
 }
 
 // do runs one command on q and waits; for a READ it returns the data.
-func do(t testing.TB, q *client.Queue, op wire.Op, flags uint8, off uint64, data []byte, length int) ([]byte, wire.Status) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := q.Acquire(ctx)
-	if err != nil {
-		t.Fatalf("Acquire: %v", err)
-	}
-	defer s.Release()
-	if op == wire.OpWrite {
-		copy(s.Buf, data)
-		length = len(data)
-	}
-	type res struct {
-		st   wire.Status
-		data []byte
-	}
-	ch := make(chan res, 1)
-	err = s.Submit(op, flags, off, uint32(length), func(_ *client.Slot, c client.Completion) {
-		d := append([]byte(nil), c.Data...)
-		c.Release()
-		ch <- res{c.Status, d}
-	})
-	if err != nil {
-		t.Fatalf("Submit %s: %v", op, err)
-	}
-	select {
-	case r := <-ch:
-		return r.data, r.st
-	case <-ctx.Done():
-		t.Fatalf("%s at %d: no completion", op, off)
-	}
-	return nil, 0
-}
+var do = clienttest.Do
 
 func random(rng *rand.Rand, n int) []byte {
 	b := make([]byte, n)
