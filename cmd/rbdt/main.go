@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -39,6 +40,7 @@ type fileConfig struct {
 	SlotSize    int                   `toml:"slot_size"`
 	Inline      *int                  `toml:"inline"`
 	MaxConns    int                   `toml:"max_connections"`
+	IdleTimeout string                `toml:"idle_timeout"`
 	Export      []target.ExportConfig `toml:"export"`
 }
 
@@ -53,6 +55,7 @@ type options struct {
 	slotSize    int
 	inline      int
 	maxConns    int
+	idle        time.Duration
 }
 
 func main() {
@@ -89,6 +92,7 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 	f.IntVar(&o.slotSize, "slot-size", target.DefaultSlotSize, "largest I/O per request in bytes (a multiple of 4096)")
 	f.IntVar(&o.inline, "inline", target.DefaultInline, "largest I/O carried inline in messages, bytes (-1: never)")
 	f.IntVar(&o.maxConns, "max-connections", target.DefaultMaxConns, "most connections served at once")
+	f.DurationVar(&o.idle, "idle-timeout", target.DefaultIdleTimeout, "drop an initiator's connection after it sent nothing this long (initiators heartbeat every 5s; -1s: never)")
 	return cmd
 }
 
@@ -136,6 +140,13 @@ func buildConfig(cmd *cobra.Command, o *options) (target.Config, string, string,
 		if !set("max-connections") && fc.MaxConns != 0 {
 			o.maxConns = fc.MaxConns
 		}
+		if !set("idle-timeout") && fc.IdleTimeout != "" {
+			d, err := time.ParseDuration(fc.IdleTimeout)
+			if err != nil {
+				return cfg, "", "", "", fmt.Errorf("%s: idle_timeout: %v", o.config, err)
+			}
+			o.idle = d
+		}
 	}
 	for _, e := range o.exports {
 		ec, err := target.ParseExport(e)
@@ -159,6 +170,7 @@ func buildConfig(cmd *cobra.Command, o *options) (target.Config, string, string,
 	}
 	cfg.MaxQueueDepth, cfg.MaxSlotSize, cfg.MaxConns = o.depth, o.slotSize, o.maxConns
 	cfg.MaxInline = o.inline
+	cfg.IdleTimeout = o.idle
 	if o.inline == 0 {
 		cfg.MaxInline = -1
 	}

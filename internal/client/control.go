@@ -29,11 +29,21 @@ func (c *qconn) keepalive() {
 			return
 		case <-t.C:
 		}
+		quiet := time.Since(time.Unix(0, c.lastReply.Load()))
 		if q.inflight.Load() == 0 {
-			c.lastReply.Store(time.Now().UnixNano()) // idle: nothing is owed
+			// idle: nothing is owed, but a heartbeat every KeepAlive tells
+			// the target that this initiator lives (it frees the sessions of
+			// silent ones), and this side that the target does
+			if quiet > idle && q.ctlMu.TryLock() {
+				c.lastReply.Store(time.Now().UnixNano())
+				s := q.control
+				s.state.Store(slotHeld)
+				if err := c.submitOn(s, wire.OpKeepAlive, 0, func(*Slot, Completion) { q.ctlMu.Unlock() }); err != nil {
+					q.ctlMu.Unlock()
+				}
+			}
 			continue
 		}
-		quiet := time.Since(time.Unix(0, c.lastReply.Load()))
 		if quiet > idle+dead {
 			q.stats.AddError(stats.ErrTimeout)
 			c.drop(fmt.Sprintf("the target did not answer for %v", quiet.Round(time.Second)))

@@ -58,7 +58,9 @@ type conn struct {
 	replaces *conn
 	finished chan struct{} // closed when serve has stopped its loop and workers
 
-	draining atomic.Bool // the target stops: no new requests run
+	draining atomic.Bool  // the target stops: no new requests run
+	lastMsg  atomic.Int64 // unix nanos of the initiator's last message (or the accept)
+	opened   atomic.Bool  // OPEN succeeded
 	dropOnce sync.Once
 	dead     atomic.Bool
 	why      atomic.Value // string: why the connection was dropped
@@ -114,6 +116,7 @@ func newConn(s *Server, req transport.Request, p connParams) (*conn, error) {
 		Solicited: c.version >= wire.VersionPush, Spin: s.cfg.Spin}); err != nil {
 		return c, err
 	}
+	c.lastMsg.Store(time.Now().UnixNano())
 	c.slotBusy = make([]atomic.Bool, c.depth)
 	c.ctxs = make([]reqCtx, c.nctx)
 	c.work = make(chan int, c.nctx)

@@ -3,6 +3,7 @@ package target
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"rbd/internal/ring"
 	"rbd/internal/stats"
@@ -77,6 +78,7 @@ func (c *conn) received(i, n int) {
 		c.violation("%v", err)
 		return
 	}
+	c.lastMsg.Store(time.Now().UnixNano())
 	if c.draining.Load() {
 		return // the target stops: unanswered, sent again after the reconnect
 	}
@@ -250,6 +252,7 @@ func (c *conn) openRequest(i int) {
 			c.log.Warn("OPEN refused", "export", o.ExportName, "status", st, "reason", rep.Message)
 		} else {
 			c.sess, c.be, c.caps = sess, be, caps
+			c.opened.Store(true)
 			rep = wire.OpenReply{Size: uint64(be.Size()), LogicalBlockSize: uint32(be.LogicalBlockSize()),
 				PhysicalBlockSize: uint32(be.PhysicalBlockSize()), Caps: caps, Session: sess.id}
 		}

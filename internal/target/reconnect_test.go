@@ -280,3 +280,36 @@ func TestTargetStopUnderIO(t *testing.T) {
 		t.Fatalf("%d reconnects: both queues should have reconnected", snap.Reconnects)
 	}
 }
+
+// TestIdleTimeout: an initiator that goes silent (its host died) loses its
+// connections after the target's IdleTimeout, and with them its export's
+// writer claim: another initiator can open the export read-write. One that
+// lives sends heartbeats while idle and keeps its connection.
+func TestIdleTimeout(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	serve(t, net, func(c *target.Config) { c.IdleTimeout = 150 * time.Millisecond }, target.ExportConfig{Path: img})
+	live := dial(t, net, img, 1, func(c *client.Config) {
+		c.Queue.KeepAlive, c.Queue.KeepAliveTimeout = 20*time.Millisecond, time.Second
+	})
+	time.Sleep(500 * time.Millisecond) // idle, with heartbeats
+	if _, st := do(t, live.Queues()[0], wire.OpRead, 0, 0, nil, 4096); st != wire.StatusOK {
+		t.Fatalf("READ after an idle time with heartbeats: %v", st)
+	}
+	if n := live.Stats.Snapshot().Reconnects; n != 0 {
+		t.Fatalf("the live initiator was dropped (%d reconnects)", n)
+	}
+	live.Close()
+
+	dead := dial(t, net, img, 1, func(c *client.Config) { c.Queue.NoReconnect = true }) // heartbeats every 5 s
+	conn := net.Conns()[len(net.Conns())-1]
+	conn.Freeze(memt.Initiator) // its host is gone: nothing more comes from it
+	time.Sleep(600 * time.Millisecond)
+	// the claim is free: another session may write
+	other := dial(t, net, img, 1)
+	data := bytes.Repeat([]byte{7}, 4096)
+	if _, st := do(t, other.Queues()[0], wire.OpWrite, 0, 0, data, 0); st != wire.StatusOK {
+		t.Fatalf("WRITE of a new session after the silent one was dropped: %v", st)
+	}
+	_ = dead
+}

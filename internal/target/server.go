@@ -29,6 +29,12 @@ type Config struct {
 	MaxConns      int // connections at once (default 256)
 	// Transport is what the server listens on (default: RDMA over rdma_cm).
 	Transport transport.Network
+	// IdleTimeout: a version-2 connection whose initiator sent nothing for
+	// this long is dropped, freeing its session's claim and memory (its
+	// initiator sends a KEEPALIVE every 5 s even when idle; default 60 s;
+	// negative: never). OpenTimeout: a connection that has not OPENed this
+	// long after accept is dropped (default 30 s).
+	IdleTimeout, OpenTimeout time.Duration
 	// BeforeIO, if set, runs before each backend READ or WRITE (tests: a
 	// stalled backend).
 	BeforeIO func(op wire.Op, offset uint64)
@@ -49,12 +55,14 @@ type Config struct {
 
 // Defaults.
 const (
-	DefaultQueueDepth = 128
-	DefaultSlotSize   = 256 << 10
-	DefaultInline     = 4096
-	DefaultMaxConns   = 256
-	DefaultInlineIO   = 200 * time.Microsecond
-	maxWorkers        = 64
+	DefaultQueueDepth  = 128
+	DefaultSlotSize    = 256 << 10
+	DefaultInline      = 4096
+	DefaultMaxConns    = 256
+	DefaultInlineIO    = 200 * time.Microsecond
+	DefaultIdleTimeout = 60 * time.Second
+	DefaultOpenTimeout = 30 * time.Second
+	maxWorkers         = 64
 	// maxRDMARead bounds the RDMA READs a connection serves at once.
 	maxRDMARead = 16
 )
@@ -76,6 +84,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Transport == nil {
 		c.Transport = transport.RDMA{}
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+	if c.OpenTimeout <= 0 {
+		c.OpenTimeout = DefaultOpenTimeout
 	}
 	if c.InlineIO == 0 {
 		c.InlineIO = DefaultInlineIO
@@ -183,10 +197,52 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.acceptLoop(ctx, ln)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.reap(ctx)
+	}()
 	<-ctx.Done()
 	s.Close()
 	wg.Wait()
 	return nil
+}
+
+// reap drops connections whose initiator went silent (IdleTimeout) or never
+// OPENed (OpenTimeout): a crashed initiator host must not keep its export's
+// writer claim and its pinned slots until rbdt restarts.
+func (s *Server) reap(ctx context.Context) {
+	tick := min(time.Second, s.cfg.OpenTimeout/4)
+	if s.cfg.IdleTimeout > 0 {
+		tick = min(tick, s.cfg.IdleTimeout/4)
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		s.mu.Lock()
+		conns := make([]*conn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		for _, c := range conns {
+			quiet := now.Sub(time.Unix(0, c.lastMsg.Load()))
+			switch {
+			case !c.opened.Load() && quiet > s.cfg.OpenTimeout:
+				c.log.Warn("dropping connection", "reason", "no OPEN", "after", quiet.Round(time.Second))
+				c.drop(fmt.Sprintf("no OPEN within %v of the connection", s.cfg.OpenTimeout))
+			case c.opened.Load() && c.version >= wire.VersionPush && s.cfg.IdleTimeout > 0 && quiet > s.cfg.IdleTimeout:
+				c.log.Warn("dropping connection", "reason", "initiator silent", "for", quiet.Round(time.Second))
+				c.drop(fmt.Sprintf("the initiator sent nothing for %v (idle-timeout)", quiet.Round(time.Second)))
+			}
+		}
+	}
 }
 
 func (s *Server) acceptLoop(ctx context.Context, ln transport.Listener) {
