@@ -11,11 +11,18 @@ import (
 )
 
 // TestTargetKilledUnderFio: a mounted ext4 on /dev/rbdiN with fio writing
-// and verifying (crc32c) files on it, while rbdt is killed (SIGKILL) and
-// started again 10 s later. The queues reconnect under the same session,
-// send again what was in flight, and fio finishes with zero errors; the
-// kernel logs no I/O error and the filesystem stays writable.
+// and verifying (crc32c) files on it, while rbdt is killed (SIGKILL), or
+// stopped (SIGTERM: it finishes what runs, then disconnects), and started
+// again 10 s later. The queues reconnect under the same session, send again
+// what was in flight, and fio finishes with zero errors; the kernel logs no
+// I/O error and the filesystem stays writable.
 func TestTargetKilledUnderFio(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) { targetGoneUnderFio(t, sig) })
+	}
+}
+
+func targetGoneUnderFio(t *testing.T, sig syscall.Signal) {
 	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
 		rbdiArgs: []string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}})
 	dev := d.add("/dev/ram1")
@@ -37,7 +44,7 @@ func TestTargetKilledUnderFio(t *testing.T) {
 		t.Fatalf("fio ended before the target was killed (too fast for the test): %s", out)
 	default:
 	}
-	if err := d.rbdt.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := d.rbdt.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(10 * time.Second)
@@ -63,7 +70,7 @@ func TestTargetKilledUnderFio(t *testing.T) {
 		t.Errorf("after the restart:\n%s", list)
 	}
 	stats, _, _ := d.ctl("-s", "-d", dev)
-	t.Logf("fio verify across a target kill and restart: ok\n%s", stats)
+	t.Logf("fio verify across %s of the target and its restart: ok\n%s", sig, stats)
 	run(t, "umount", mnt)
 	d.remove(dev)
 }
