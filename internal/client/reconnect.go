@@ -76,7 +76,13 @@ func (q *Queue) reconnect(lost time.Time, why string) (*qconn, error) {
 			return nil, errors.New("closed while reconnecting")
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		// an attempt may take up to 30 s (a target host that does not answer),
+		// but never past the ctrl-loss-timeout
+		timeout := 30 * time.Second
+		if limit := cfg.CtrlLossTimeout; limit >= 0 {
+			timeout = max(min(timeout, time.Until(lost.Add(limit))), time.Second)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		c, err := q.dialOpen(ctx)
 		cancel()
 		if err == nil {
