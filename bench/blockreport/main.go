@@ -67,16 +67,17 @@ var hop = map[string]hopRef{
 }
 
 type run struct {
-	System   string `json:"system"`
-	Workload string `json:"workload"`
-	Rep      int    `json:"rep"`
-	FioRC    int    `json:"fio_rc"`
-	Device   string `json:"device"`
-	FioJSON  string `json:"fio_json"`
-	FioArgs  string `json:"fio_args"`
-	Snap0    string `json:"snap0"`
-	Snap1    string `json:"snap1"`
-	Daemons  string `json:"daemons"`
+	System   string  `json:"system"`
+	Workload string  `json:"workload"`
+	Rep      int     `json:"rep"`
+	FioRC    int     `json:"fio_rc"`
+	Device   string  `json:"device"`
+	FioJSON  string  `json:"fio_json"`
+	FioArgs  string  `json:"fio_args"`
+	Samples  string  `json:"samples"`
+	JobStart float64 `json:"job_start"`
+	JobEnd   float64 `json:"job_end"`
+	Daemons  string  `json:"daemons"`
 
 	OK        bool     `json:"ok"`
 	Problem   string   `json:"problem,omitempty"`
@@ -86,6 +87,7 @@ type run struct {
 	LatP99Us  float64  `json:"clat_p99_us"`
 	TotalIOs  float64  `json:"fio_total_ios"`
 	WindowS   float64  `json:"window_s"`
+	WindowAt  float64  `json:"window_start"`
 	WindowOK  bool     `json:"window_inside_timed_phase"`
 	BusyVCPU  *float64 `json:"busy_vcpus,omitempty"`
 	CPUusIO   *float64 `json:"guest_cpu_us_per_io,omitempty"`
@@ -155,9 +157,9 @@ func main() {
 		}
 		return nil
 	})
-	rt, _ := meta["runtime_s"].(float64)
+	ramp, _ := meta["ramp_s"].(float64)
 	for _, r := range runs {
-		r.evaluate(dir, clk, rt)
+		r.evaluate(dir, clk, ramp)
 	}
 
 	// medians
@@ -270,7 +272,7 @@ func main() {
 		"one system is set up at a time on the same /dev/ram0, its data path verified (8 MiB random pattern written " +
 		"through the device, read back from /dev/ram0 with O_DIRECT, cmp), all workloads run, torn down. " +
 		"fio libaio direct=1 time_based with ramp; caches dropped and scheduler `none` before every run. " +
-		"Guest CPU µs/I/O = busy jiffies of /proc/stat over a window inside the timed phase ÷ (fio IOPS × window); " +
+		"Guest CPU µs/I/O = busy jiffies of /proc/stat (sampled every 0.2 s) over the samples inside fio's timed phase ÷ (fio IOPS × that window); " +
 		"it counts everything in the guest (fio, kernel, daemons, the emulated RDMA device). " +
 		"RDMA systems all use soft-RoCE rxe0 (10.77.0.1) except rbd (siw) on soft-iWARP siw0 (10.79.0.1). " +
 		"nbd-server does buffered I/O on /dev/ram0 (it has no O_DIRECT option), one TCP connection.\n\n")
@@ -377,7 +379,7 @@ func main() {
 	os.Stdout.Write(md.Bytes())
 }
 
-func (r *run) evaluate(dir string, clk, rt float64) {
+func (r *run) evaluate(dir string, clk, ramp float64) {
 	fail := func(s string) { r.OK, r.Problem = false, s }
 	b, err := os.ReadFile(filepath.Join(dir, "fio", filepath.Base(r.FioJSON)))
 	if err != nil {
@@ -388,8 +390,7 @@ func (r *run) evaluate(dir string, clk, rt float64) {
 		b = b[i:] // fio may print notes before the JSON
 	}
 	var f struct {
-		TimestampMs float64 `json:"timestamp_ms"`
-		Jobs        []struct {
+		Jobs []struct {
 			Error int                        `json:"error"`
 			Read  map[string]json.RawMessage `json:"read"`
 			Write map[string]json.RawMessage `json:"write"`
@@ -417,13 +418,26 @@ func (r *run) evaluate(dir string, clk, rt float64) {
 	_ = json.Unmarshal(raw, &st)
 	r.IOPS, r.MBs, r.TotalIOs = st.IOPS, st.BW/1e6, st.TotalIOs
 	r.LatMeanUs, r.LatP99Us = st.Clat.Mean/1e3, st.Clat.Pct["99.000000"]/1e3
-	s0, s1 := fields(r.Snap0), fields(r.Snap1)
-	if len(s0) >= 3 && len(s1) == len(s0) {
-		r.WindowS = s1[0] - s0[0]
-		// the window must lie inside fio's timed phase: [end - runtime, end]
-		// (fio's timestamp is taken when it reports, just after the run)
-		end, dur := f.TimestampMs/1e3, rt
-		r.WindowOK = r.WindowS > 0 && s1[0] <= end+0.2 && s0[0] >= end-dur-0.2
+	// the window: the samples inside fio's timed phase, [last job start + ramp,
+	// first job end], 0.3 s in from each side
+	var s0, s1 []float64
+	if sb, err := os.ReadFile(filepath.Join(dir, r.Samples)); err == nil && r.JobStart > 0 && r.JobEnd > 0 {
+		ws, we := r.JobStart+ramp+0.3, r.JobEnd-0.3
+		for _, line := range strings.Split(string(sb), "\n") {
+			v := fields(line)
+			if len(v) < 3 || v[0] < ws || v[0] > we {
+				continue
+			}
+			if s0 == nil {
+				s0 = v
+			} else if len(v) == len(s0) {
+				s1 = v
+			}
+		}
+	}
+	if s0 != nil && s1 != nil {
+		r.WindowS, r.WindowAt = s1[0]-s0[0], s0[0]
+		r.WindowOK = r.WindowS >= 0.5
 		if r.WindowOK && r.IOPS > 0 {
 			ios := r.IOPS * r.WindowS
 			busy := s1[1] - s0[1]
@@ -439,7 +453,7 @@ func (r *run) evaluate(dir string, clk, rt float64) {
 		}
 	}
 	if !r.WindowOK {
-		r.Problem = "CPU window not inside fio's timed phase: no CPU figures"
+		r.Problem = "no CPU samples (0.5 s or more) inside fio's timed phase: no CPU figures"
 	}
 	switch {
 	case r.FioRC != 0 || j.Error != 0:
@@ -495,17 +509,19 @@ set datafile missing "NaN"
 set ylabel "÷ NVMe-oF/RDMA (higher is better)"
 set yrange [0:%.2f]
 set grid ytics
-set key top left horizontal
+set key outside bottom center horizontal
+set key autotitle columnheader
+set xrange [-0.6:%d-0.4]
 set xtics nomirror
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb "black"
-`, meta["mode"], meta["reps"], meta["kernel"], maxv*1.18)
+`, meta["mode"], meta["reps"], meta["kernel"], maxv*1.15, len(wls))
 	colors := []string{"#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"}
 	fmt.Fprintf(&gp, "plot ")
 	for i := range peers {
 		if i > 0 {
 			fmt.Fprintf(&gp, ", \\\n     ")
 		}
-		fmt.Fprintf(&gp, "'plot.dat' using %d:xtic(1) title columnheader(%d) lc rgb %q", i+2, i+2, colors[i])
+		fmt.Fprintf(&gp, "'plot.dat' using %d:xtic(1) lc rgb %q", i+2, colors[i])
 	}
 	for i := range peers {
 		// value labels above each bar: cluster of n bars, gap 1 -> bar width 1/(n+1)
@@ -547,7 +563,11 @@ func howFar(w workload, meds map[string]map[string]*med, why map[string]string) 
 			}
 		}
 		if h, ok := hop[w.name]; ok {
-			vs = append(vs, ratioV(rm, w, h.value)+" hop ceiling (other boot)")
+			hv := ratioV(rm, w, h.value) + " hop ceiling (raw, other boot"
+			if n := meds["nvmeof"][w.name]; n != nil && n.Headline > 0 {
+				hv += fmt.Sprintf("; %.2f× once both are divided by their own boot's NVMe-oF", (rm.Headline/n.Headline)/(h.value/h.nvme))
+			}
+			vs = append(vs, hv+")")
 		}
 		parts = append(parts, fmt.Sprintf("%s = %s", sysLabel[r], strings.Join(vs, ", ")))
 	}
