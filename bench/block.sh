@@ -15,6 +15,8 @@
 # the device, read back from /dev/ram0 with O_DIRECT, cmp), all workloads run, torn
 # down. A system that fails set-up or verification is recorded with the reason and
 # not timed. Before every run: caches dropped, scheduler `none` on the device.
+# fio uses clocksource=clock_gettime: its default TSC clock drifts from wall time
+# under TCG, and the CPU samples below are taken in wall time.
 # Per run, sampled every 0.2 s and taken over a window inside fio's timed phase:
 # /proc/stat busy jiffies, and for rbd the utime+stime and context switches of every
 # thread of rbdi and rbdt.
@@ -233,17 +235,19 @@ set_sched() { # scheduler none on DEV (and the backend)
   done
 }
 
-# ---- measurement: a sampler records, every 0.2 s, the time, /proc/stat busy and
-# total jiffies and, for rbd, each daemon's utime+stime ticks and voluntary and
-# involuntary context switches summed over its threads (bash builtins only, no
-# forks, so it costs the guest almost nothing). fio marks each job's start and end
-# (exec_prerun/exec_postrun touch start.PID/end.PID); blockreport takes the samples
-# inside [last start + ramp + 0.3 s, first end - 0.3 s], fio's timed phase.
-snap() { # prints: time busy_jiffies total_jiffies [ticks vol nonvol] per daemon PID
+# ---- measurement: a sampler records every 0.2 s the time and /proc/stat busy and
+# total jiffies ("C" lines; one read, no fork). For rbd it adds two "D" lines with
+# each daemon's utime+stime ticks and voluntary and involuntary context switches
+# summed over its threads, at ramp + 0.4 s after fio's jobs start and 0.5 s before
+# the timed phase ends (reading every thread's status costs CPU, so only twice).
+# fio marks each job's start and end (exec_prerun/exec_postrun touch start.PID and
+# end.PID); blockreport takes the samples inside [last start + ramp + 0.3 s,
+# first end - 0.3 s], fio's timed phase, and drops D figures outside it.
+snap() { # snap C|D: prints C|D time busy_jiffies total_jiffies [ticks vol nonvol per daemon, D only]
   local cpu u n s i io irq sirq st rest p f line tk v nv k val out
   read -r cpu u n s i io irq sirq st rest < /proc/stat
-  out="$EPOCHREALTIME $((u + n + s + irq + sirq + st)) $((u + n + s + i + io + irq + sirq + st))"
-  for p in $DPIDS; do
+  out="$1 $EPOCHREALTIME $((u + n + s + irq + sirq + st)) $((u + n + s + i + io + irq + sirq + st))"
+  [ "$1" = D ] && for p in $DPIDS; do
     tk=0 v=0 nv=0
     for f in /proc/"$p"/task/*/stat; do
       read -r line < "$f" 2> /dev/null || continue
@@ -259,9 +263,22 @@ snap() { # prints: time busy_jiffies total_jiffies [ticks vol nonvol] per daemon
   done
   echo "$out"
 }
-sampler() { # sampler FILE: a snap line every 0.2 s until killed
+sampler() { # sampler FILE: a C line every 0.2 s (and the two D lines for rbd) until killed
   exec 9<> "$W/tick" # a fifo nobody writes: read -t on it is a sleep without a fork
-  while :; do snap >> "$1"; read -r -t 0.2 -u 9 _; done
+  local phase=0 d1=0 d2=0 now
+  while :; do
+    now=${EPOCHREALTIME/./} # µs
+    if [ -n "$DPIDS" ]; then
+      if [ $phase = 0 ] && compgen -G "$W/start.*" > /dev/null; then
+        phase=1 d1=$((now + RAMP * 1000000 + 400000)) d2=$((now + (RAMP + RT) * 1000000 - 500000))
+      fi
+      if [ $phase = 1 ] && [ "$now" -ge $d1 ]; then snap D >> "$1"; phase=2
+      elif [ $phase = 2 ] && [ "$now" -ge $d2 ]; then snap D >> "$1"; phase=3
+      fi
+    fi
+    snap C >> "$1"
+    read -r -t 0.2 -u 9 _
+  done
 }
 mkfifo "$W/tick"
 mtimes() { local f; for f in "$@"; do [ -e "$f" ] && stat -c %.6Y "$f"; done; }
@@ -277,7 +294,7 @@ run_wl() {
   sampler "$OUT/$smp" & local sp=$!
   # shellcheck disable=SC2086
   timeout $((RT + RAMP + 120)) fio --name="$wl" --filename="$DEV" --ioengine=libaio --direct=1 --time_based \
-    --runtime="$RT" --ramp_time="$RAMP" --group_reporting --randrepeat=0 --norandommap $args \
+    --runtime="$RT" --ramp_time="$RAMP" --clocksource=clock_gettime --group_reporting --randrepeat=0 --norandommap $args \
     --exec_prerun="touch $W/start.\$\$" --exec_postrun="touch $W/end.\$\$" \
     --output-format=json --output="$json" > "$W/fio.err" 2>&1
   local rc=$?

@@ -419,38 +419,53 @@ func (r *run) evaluate(dir string, clk, ramp float64) {
 	r.IOPS, r.MBs, r.TotalIOs = st.IOPS, st.BW/1e6, st.TotalIOs
 	r.LatMeanUs, r.LatP99Us = st.Clat.Mean/1e3, st.Clat.Pct["99.000000"]/1e3
 	// the window: the samples inside fio's timed phase, [last job start + ramp,
-	// first job end], 0.3 s in from each side
-	var s0, s1 []float64
+	// first job end], 0.3 s in from each side. Sample lines: "C time busy total"
+	// (every 0.2 s) and, for rbd, two "D time busy total" + 3 figures per daemon.
+	var c0, c1, d0, d1 []float64
 	if sb, err := os.ReadFile(filepath.Join(dir, r.Samples)); err == nil && r.JobStart > 0 && r.JobEnd > 0 {
 		ws, we := r.JobStart+ramp+0.3, r.JobEnd-0.3
 		for _, line := range strings.Split(string(sb), "\n") {
-			v := fields(line)
+			kind, rest, _ := strings.Cut(line, " ")
+			if kind != "C" && kind != "D" { // first format: no prefix, every line full
+				kind, rest = "D", line
+			}
+			v := fields(rest)
 			if len(v) < 3 || v[0] < ws || v[0] > we {
 				continue
 			}
-			if s0 == nil {
-				s0 = v
-			} else if len(v) == len(s0) {
-				s1 = v
+			if c0 == nil {
+				c0 = v
+			} else {
+				c1 = v
+			}
+			if kind == "D" && len(v) >= 9 {
+				if d0 == nil {
+					d0 = v
+				} else {
+					d1 = v
+				}
 			}
 		}
 	}
-	if s0 != nil && s1 != nil {
-		r.WindowS, r.WindowAt = s1[0]-s0[0], s0[0]
+	if c0 != nil && c1 != nil {
+		r.WindowS, r.WindowAt = c1[0]-c0[0], c0[0]
 		r.WindowOK = r.WindowS >= 0.5
 		if r.WindowOK && r.IOPS > 0 {
 			ios := r.IOPS * r.WindowS
-			busy := s1[1] - s0[1]
+			busy := c1[1] - c0[1]
 			bv, cu := busy/clk/r.WindowS, busy*1e6/clk/ios
 			r.BusyVCPU, r.CPUusIO = &bv, &cu
-			if r.Daemons != "" && len(s0) >= 9 {
-				d := func(i int) float64 { return s1[i] - s0[i] }
-				cpu := func(i int) *float64 { x := d(i) * 1e6 / clk / ios; return &x }
-				ctx := func(i int) *float64 { x := (d(i) + d(i+1)) / ios; return &x }
-				r.RbdiCPU, r.RbdiCtx = cpu(3), ctx(4)
-				r.RbdtCPU, r.RbdtCtx = cpu(6), ctx(7)
-			}
 		}
+	}
+	if r.Daemons != "" && d0 != nil && d1 != nil && d1[0]-d0[0] >= 0.5 && r.IOPS > 0 {
+		ios := r.IOPS * (d1[0] - d0[0])
+		d := func(i int) float64 { return d1[i] - d0[i] }
+		cpu := func(i int) *float64 { x := d(i) * 1e6 / clk / ios; return &x }
+		ctx := func(i int) *float64 { x := (d(i) + d(i+1)) / ios; return &x }
+		r.RbdiCPU, r.RbdiCtx = cpu(3), ctx(4)
+		r.RbdtCPU, r.RbdtCtx = cpu(6), ctx(7)
+	} else if r.Daemons != "" {
+		r.Problem = "the daemon samples are not both inside fio's timed phase: no daemon figures"
 	}
 	if !r.WindowOK {
 		r.Problem = "no CPU samples (0.5 s or more) inside fio's timed phase: no CPU figures"
