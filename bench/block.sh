@@ -244,22 +244,14 @@ set_sched() { # scheduler none on DEV (and the backend)
 # end.PID); blockreport takes the samples inside [last start + ramp + 0.3 s,
 # first end - 0.3 s], fio's timed phase, and drops D figures outside it.
 snap() { # snap C|D: prints C|D time busy_jiffies total_jiffies [ticks vol nonvol per daemon, D only]
-  local cpu u n s i io irq sirq st rest p f line tk v nv k val out
+  local cpu u n s i io irq sirq st rest p out
   read -r cpu u n s i io irq sirq st rest < /proc/stat
   out="$1 $EPOCHREALTIME $((u + n + s + irq + sirq + st)) $((u + n + s + i + io + irq + sirq + st))"
+  # D: one awk per daemon (bash's read goes byte by byte through /proc: far too slow)
   [ "$1" = D ] && for p in $DPIDS; do
-    tk=0 v=0 nv=0
-    for f in /proc/"$p"/task/*/stat; do
-      read -r line < "$f" 2> /dev/null || continue
-      line=${line##*) }; set -- $line # fields after "(comm) ": $1 = state, $12 utime, $13 stime
-      tk=$((tk + ${12:-0} + ${13:-0}))
-    done
-    for f in /proc/"$p"/task/*/status; do
-      while read -r k val rest; do
-        case $k in voluntary_ctxt_switches:) v=$((v + val)) ;; nonvoluntary_ctxt_switches:) nv=$((nv + val)) ;; esac
-      done < "$f" 2> /dev/null
-    done
-    out+=" $tk $v $nv"
+    out+=$(awk 'FNR == 1 && FILENAME ~ /\/stat$/ { sub(/^.*\) /, ""); split($0, f, " "); tk += f[12] + f[13] }
+      /^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { nv += $2 }
+      END { printf " %d %d %d", tk, v, nv }' /proc/"$p"/task/*/stat /proc/"$p"/task/*/status 2> /dev/null)
   done
   echo "$out"
 }
@@ -308,10 +300,10 @@ run_wl() {
 }
 
 T0=$(date +%s)
-printf '{"mode":"%s","kernel":"%s","cpus":%d,"mem_kb":%d,"reps":%d,"runtime_s":%d,"ramp_s":%d,"ram_mb":%d,"systems":"%s","workloads":"%s","clk_tck":%d,"fio":"%s","nbd_server":"%s","rbd_commit":"%s","date":"%s"}\n' \
+printf '{"mode":"%s","kernel":"%s","cpus":%d,"mem_kb":%d,"reps":%d,"runtime_s":%d,"ramp_s":%d,"ram_mb":%d,"systems":"%s","workloads":"%s","clk_tck":%d,"fio":"%s","nbd_server":"%s","rbd_commit":"%s","rbd_version":"%s","date":"%s"}\n' \
   "$MODE" "$(uname -r)" "$(nproc)" "$(awk '/MemTotal/{print $2}' /proc/meminfo)" "$REPS" "$RT" "$RAMP" "$RAM_MB" "$SYSTEMS" "$WORKLOADS" \
   "$(getconf CLK_TCK)" "$(fio --version)" "$(nbd-server -V 2>&1 | head -1 | grep -o '[0-9.]*$')" \
-  "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" "$(date -u +%FT%TZ)" > "$OUT/meta.json"
+  "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" "$("$BIN/rbdi" --version 2>/dev/null | head -1)" "$(date -u +%FT%TZ)" > "$OUT/meta.json"
 log "block benchmark ($MODE): $(uname -r), $(nproc) cpus; $RAM_MB MiB brd; ${RT} s runs (+${RAMP} s ramp), $REPS rep(s)"
 log "systems: $SYSTEMS; workloads: $WORKLOADS"
 set -- $SYSTEMS; NSYS=$#

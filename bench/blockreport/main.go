@@ -266,8 +266,8 @@ func main() {
 	p := func(f string, a ...any) { fmt.Fprintf(&md, f, a...) }
 	p("# rbd block-device benchmark (%v mode)\n\n", meta["mode"])
 	p("Guest: %v, %v vCPUs (qemu TCG), %v; one brd device of %v MiB is the backend of every system. "+
-		"%v repetition(s), %v s per run after %v s ramp; medians over repetitions. rbd commit %v, %v.\n\n",
-		meta["kernel"], meta["cpus"], meta["date"], meta["ram_mb"], meta["reps"], meta["runtime_s"], meta["ramp_s"], meta["rbd_commit"], meta["fio"])
+		"%v repetition(s), %v s per run after %v s ramp; medians over repetitions. rbd: %v, %v.\n\n",
+		meta["kernel"], meta["cpus"], meta["date"], meta["ram_mb"], meta["reps"], meta["runtime_s"], meta["ramp_s"], rbdVersion(meta), meta["fio"])
 	p("Method: one guest boot; systems interleaved within each repetition (the order rotates by one per repetition); " +
 		"one system is set up at a time on the same /dev/ram0, its data path verified (8 MiB random pattern written " +
 		"through the device, read back from /dev/ram0 with O_DIRECT, cmp), all workloads run, torn down. " +
@@ -587,6 +587,14 @@ func howFar(w workload, meds map[string]map[string]*med, why map[string]string) 
 		parts = append(parts, fmt.Sprintf("%s = %s", sysLabel[r], strings.Join(vs, ", ")))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// rbdVersion: what rbdi --version said in the guest (newer runs), else the tree's commit
+func rbdVersion(meta map[string]any) string {
+	if v, ok := meta["rbd_version"].(string); ok && v != "" {
+		return v
+	}
+	return fmt.Sprintf("tree at commit %v", meta["rbd_commit"])
 }
 
 func headline(w workload, iops, mbs float64) float64 {
