@@ -515,7 +515,7 @@ func plot(dir string, wls []workload, meds map[string]map[string]*med, meta map[
 # plot.dat: each system's median headline (IOPS or MB/s) ÷ NVMe-oF's; NaN = no figure
 set terminal pngcairo size 1400,700 font "DejaVu Sans,13"
 set output "plot.png"
-set title "rbd block benchmark (%v mode, %v reps, guest %v, qemu TCG): throughput relative to kernel NVMe-oF/RDMA = 1\n4k workloads: IOPS, sequential: MB/s; medians; brd (local RAM, far off the scale) omitted; missing bar = n/a or failed"
+set title "rbd block benchmark (%v mode, repetitions: %v, guest %v, qemu TCG): throughput relative to kernel NVMe-oF/RDMA = 1\n4k workloads: IOPS, sequential: MB/s; medians; brd (local RAM, far off the scale) omitted; missing bar = n/a or failed"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
