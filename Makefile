@@ -66,7 +66,7 @@ demo: ## install what is missing (deps), then the seed's scenario end to end (in
 	@scripts/deps.sh
 	@scripts/demo.sh
 
-# make bench: the block-device benchmark (BENCH=full, ~45 min; BENCH=quick, ~8 min),
+# make bench: the block-device benchmark (BENCH=full, ~70 min; BENCH=quick, ~15 min),
 # or the verbs benchmark (BENCH=verbs); bench/run.sh describes them.
 BENCH ?= full
 bench: build vm ## benchmarks in the guest (BENCH=full|quick|verbs), results into bench/results/

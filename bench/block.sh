@@ -15,13 +15,17 @@
 # the device, read back from /dev/ram0 with O_DIRECT, cmp), all workloads run, torn
 # down. A system that fails set-up or verification is recorded with the reason and
 # not timed. Before every run: caches dropped, scheduler `none` on the device.
-# Per run, over a window inside fio's timed phase: /proc/stat busy jiffies, and for
-# rbd the utime+stime and context switches of every thread of rbdi and rbdt.
+# fio uses clocksource=clock_gettime: its default TSC clock drifts from wall time
+# under TCG, and the CPU samples below are taken in wall time.
+# Per run, sampled every 0.2 s and taken over a window inside fio's timed phase:
+# /proc/stat busy jiffies, and for rbd the utime+stime and context switches of every
+# thread of rbdi and rbdt.
 #
 #   bench/block.sh OUT_DIR [full|quick]
 #
 # Writes into OUT_DIR (a VM_RW host folder): fio/<system>.<workload>.r<rep>.json (raw
-# fio JSON), runs.jsonl (one line per run: window CPU/ctxsw figures), systems.jsonl
+# fio JSON), samples/<same>.txt (CPU/ctxsw samples), runs.jsonl (one line per run:
+# files, fio's job start/end marks), systems.jsonl
 # (one line per system per repetition: set-up/verify status and reason), meta.json,
 # block.log (set-up details). bench/blockreport turns them into results.md etc.
 # Exit code: 0 whenever the harness ran (failed systems are data, not errors); 2 when
@@ -56,7 +60,7 @@ W=$(mktemp -d /tmp/rbdbench.XXXXXX)
 LOG=$OUT/block.log
 
 command -v fio >/dev/null || { echo "block.sh: fio is not installed" >&2; exit 2; }
-mkdir -p "$OUT/fio" && : > "$OUT/runs.jsonl" && : > "$OUT/systems.jsonl" && : > "$LOG" || { echo "block.sh: $OUT is not writable" >&2; exit 2; }
+mkdir -p "$OUT/fio" "$OUT/samples" && : > "$OUT/runs.jsonl" && : > "$OUT/systems.jsonl" && : > "$LOG" || { echo "block.sh: $OUT is not writable" >&2; exit 2; }
 exec > >(tee -a "$LOG") 2>&1
 log() { echo "$(date +%T) $*"; }
 
@@ -67,7 +71,20 @@ modprobe brd rd_nr=1 rd_size=$((RAM_MB * 1024)) max_part=0 || { echo "block.sh: 
 # brd allocates pages on first write: fill it once so every read hits real pages
 dd if=/dev/zero of=$RAM bs=1M count="$RAM_MB" oflag=direct status=none
 for m in nvmet nvmet-rdma nvme-rdma nvme-fabrics; do modprobe $m 2>/dev/null; done
-cat "$BIN/rbdt" "$BIN/rbdi" "$BIN/rbdctl" "$(command -v fio)" > /dev/null 2>&1 # into the page cache (9p)
+# The tools run between and during runs live on the host's 9p root, whose pages
+# drop_caches throws away: fio and its ~60 libraries (80 MB) would be read over 9p
+# again before every run. Copy them up into the overlay's tmpfs (an append-open
+# does it), which drop_caches leaves alone.
+pin() {
+  local f l
+  for f in "$@"; do
+    f=$(command -v "$f") || continue
+    for l in "$f" /lib64/ld-linux-x86-64.so.2 $(ldd "$f" 2> /dev/null | awk '$3 ~ /^\// {print $3}'); do
+      l=$(realpath "$l") && : >> "$l" 2> /dev/null
+    done
+  done
+}
+pin fio touch dash sh stat sort head tail awk grep timeout sync tr "$BIN/rbdt" "$BIN/rbdi" "$BIN/rbdctl"
 
 # ---- workloads: name -> fio arguments (all libaio, direct, time_based with ramp)
 wl_args() {
@@ -218,49 +235,75 @@ set_sched() { # scheduler none on DEV (and the backend)
   done
 }
 
-# ---- measurement window: guest CPU (/proc/stat) and the rbd daemons' threads
-snap() { # prints: time busy_jiffies total_jiffies [ticks vol nonvol] per daemon PID
-  local cpu u n s i io irq sirq st rest
+# ---- measurement: a sampler records every 0.2 s the time and /proc/stat busy and
+# total jiffies ("C" lines; one read, no fork). For rbd it adds two "D" lines with
+# each daemon's utime+stime ticks and voluntary and involuntary context switches
+# summed over its threads, at ramp + 0.4 s after fio's jobs start and 0.5 s before
+# the timed phase ends (reading every thread's status costs CPU, so only twice).
+# fio marks each job's start and end (exec_prerun/exec_postrun touch start.PID and
+# end.PID); blockreport takes the samples inside [last start + ramp + 0.3 s,
+# first end - 0.3 s], fio's timed phase, and drops D figures outside it.
+snap() { # snap C|D: prints C|D time busy_jiffies total_jiffies [ticks vol nonvol per daemon, D only]
+  local cpu u n s i io irq sirq st rest p out
   read -r cpu u n s i io irq sirq st rest < /proc/stat
-  local t=$EPOCHREALTIME p
-  printf '%s %d %d' "$t" $((u + n + s + irq + sirq + st)) $((u + n + s + i + io + irq + sirq + st))
-  for p in $DPIDS; do
-    awk 'FNR == 1 && FILENAME ~ /\/stat$/ { sub(/^.*\) /, ""); split($0, f, " "); tk += f[12] + f[13] }
-         /^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { nv += $2 }
-         END { printf " %d %d %d", tk, v, nv }' /proc/"$p"/task/*/stat /proc/"$p"/task/*/status 2>/dev/null || printf ' 0 0 0'
+  out="$1 $EPOCHREALTIME $((u + n + s + irq + sirq + st)) $((u + n + s + i + io + irq + sirq + st))"
+  # D: one awk per daemon (bash's read goes byte by byte through /proc: far too slow)
+  [ "$1" = D ] && for p in $DPIDS; do
+    out+=$(awk 'FNR == 1 && FILENAME ~ /\/stat$/ { sub(/^.*\) /, ""); split($0, f, " "); tk += f[12] + f[13] }
+      /^voluntary_ctxt_switches/ { v += $2 } /^nonvoluntary_ctxt_switches/ { nv += $2 }
+      END { printf " %d %d %d", tk, v, nv }' /proc/"$p"/task/*/stat /proc/"$p"/task/*/status 2> /dev/null)
   done
-  echo
+  echo "$out"
 }
+sampler() { # sampler FILE: a C line every 0.2 s (and the two D lines for rbd) until killed
+  exec 9<> "$W/tick" # a fifo nobody writes: read -t on it is a sleep without a fork
+  local phase=0 d1=0 d2=0 now
+  while :; do
+    now=${EPOCHREALTIME/./} # µs
+    if [ -n "$DPIDS" ]; then
+      if [ $phase = 0 ] && compgen -G "$W/start.*" > /dev/null; then
+        phase=1 d1=$((now + RAMP * 1000000 + 400000)) d2=$((now + (RAMP + RT) * 1000000 - 500000))
+      fi
+      if [ $phase = 1 ] && [ "$now" -ge $d1 ]; then snap D >> "$1"; phase=2
+      elif [ $phase = 2 ] && [ "$now" -ge $d2 ]; then snap D >> "$1"; phase=3
+      fi
+    fi
+    snap C >> "$1"
+    read -r -t 0.2 -u 9 _
+  done
+}
+mkfifo "$W/tick"
+mtimes() { local f; for f in "$@"; do [ -e "$f" ] && stat -c %.6Y "$f"; done; }
 
-# run_wl SYSTEM WORKLOAD REP: one fio run and its window figures
+# run_wl SYSTEM WORKLOAD REP: one fio run and its samples
 run_wl() {
-  local sys=$1 wl=$2 rep=$3 args json s0 s1 i mark=$W/started
+  local sys=$1 wl=$2 rep=$3 args json smp t0 t1
   args=$(wl_args "$wl") || { log "unknown workload $wl"; return; }
   json=$OUT/fio/$sys.$wl.r$rep.json
+  smp=samples/$sys.$wl.r$rep.txt
   sync; echo 3 > /proc/sys/vm/drop_caches; set_sched
-  rm -f "$mark"
+  rm -f "$W"/start.* "$W"/end.*
+  sampler "$OUT/$smp" & local sp=$!
   # shellcheck disable=SC2086
   timeout $((RT + RAMP + 120)) fio --name="$wl" --filename="$DEV" --ioengine=libaio --direct=1 --time_based \
-    --runtime="$RT" --ramp_time="$RAMP" --group_reporting --randrepeat=0 --norandommap $args \
-    --exec_prerun="touch $mark" --output-format=json --output="$json" > "$W/fio.err" 2>&1 & local f=$!
-  # the window: from RAMP+0.3 s after fio starts its jobs (exec_prerun runs just
-  # before a job's first I/O) to 0.3 s before the end; blockreport checks that it
-  # lies inside fio's timed phase (fio's end timestamp and job_runtime)
-  for i in $(seq 1 1200); do [ -e "$mark" ] && break; kill -0 $f 2>/dev/null || break; sleep 0.05; done
-  sleep "$RAMP.3"; s0=$(snap)
-  sleep "$(awk -v r="$RT" 'BEGIN{printf "%.1f", r - 0.6}')"; s1=$(snap)
-  wait $f; local rc=$?
+    --runtime="$RT" --ramp_time="$RAMP" --clocksource=clock_gettime --group_reporting --randrepeat=0 --norandommap $args \
+    --exec_prerun="touch $W/start.\$\$" --exec_postrun="touch $W/end.\$\$" \
+    --output-format=json --output="$json" > "$W/fio.err" 2>&1
+  local rc=$?
+  kill $sp; wait $sp 2> /dev/null
   [ $rc = 0 ] || log "  fio rc=$rc: $(tail -2 "$W/fio.err" | tr '\n' ' ')"
-  printf '{"system":"%s","workload":"%s","rep":%d,"fio_rc":%d,"device":"%s","fio_json":"fio/%s","fio_args":"%s","snap0":"%s","snap1":"%s","daemons":"%s"}\n' \
-    "$sys" "$wl" "$rep" $rc "$DEV" "${json##*/}" "$(echo $args)" "$s0" "$s1" "${DPIDS:+rbdi rbdt}" >> "$OUT/runs.jsonl"
+  t0=$(mtimes "$W"/start.* | sort -n | tail -1) # the last job to start
+  t1=$(mtimes "$W"/end.* | sort -n | head -1)   # the first job to end
+  printf '{"system":"%s","workload":"%s","rep":%d,"fio_rc":%d,"device":"%s","fio_json":"fio/%s","fio_args":"%s","samples":"%s","job_start":%s,"job_end":%s,"daemons":"%s"}\n' \
+    "$sys" "$wl" "$rep" $rc "$DEV" "${json##*/}" "$(echo $args)" "$smp" "${t0:-0}" "${t1:-0}" "${DPIDS:+rbdi rbdt}" >> "$OUT/runs.jsonl"
   log "  $sys $wl rep $rep: $(grep -o '"iops" : [0-9.]*' "$json" 2>/dev/null | awk '{s+=$3} END {printf "%.0f IOPS", s}')"
 }
 
 T0=$(date +%s)
-printf '{"mode":"%s","kernel":"%s","cpus":%d,"mem_kb":%d,"reps":%d,"runtime_s":%d,"ramp_s":%d,"ram_mb":%d,"systems":"%s","workloads":"%s","clk_tck":%d,"fio":"%s","nbd_server":"%s","rbd_commit":"%s","date":"%s"}\n' \
+printf '{"mode":"%s","kernel":"%s","cpus":%d,"mem_kb":%d,"reps":%d,"runtime_s":%d,"ramp_s":%d,"ram_mb":%d,"systems":"%s","workloads":"%s","clk_tck":%d,"fio":"%s","nbd_server":"%s","rbd_commit":"%s","rbd_version":"%s","date":"%s"}\n' \
   "$MODE" "$(uname -r)" "$(nproc)" "$(awk '/MemTotal/{print $2}' /proc/meminfo)" "$REPS" "$RT" "$RAMP" "$RAM_MB" "$SYSTEMS" "$WORKLOADS" \
   "$(getconf CLK_TCK)" "$(fio --version)" "$(nbd-server -V 2>&1 | head -1 | grep -o '[0-9.]*$')" \
-  "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" "$(date -u +%FT%TZ)" > "$OUT/meta.json"
+  "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)" "$("$BIN/rbdi" --version 2>/dev/null | head -1)" "$(date -u +%FT%TZ)" > "$OUT/meta.json"
 log "block benchmark ($MODE): $(uname -r), $(nproc) cpus; $RAM_MB MiB brd; ${RT} s runs (+${RAMP} s ramp), $REPS rep(s)"
 log "systems: $SYSTEMS; workloads: $WORKLOADS"
 set -- $SYSTEMS; NSYS=$#

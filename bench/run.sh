@@ -4,8 +4,9 @@
 #   BENCH=full  (default) the block-device benchmark: one guest boot runs
 #               bench/block.sh, which times brd, kernel NVMe-oF/RDMA, RNBD, NBD/TCP
 #               (nbd-server) and rbd over soft-RoCE and soft-iWARP on one brd device,
-#               8 fio workloads, 3 interleaved repetitions (~45 min under TCG).
-#   BENCH=quick the same structure, 5 workloads, shorter runs, 1 repetition (~8 min).
+#               8 fio workloads, 3 interleaved repetitions (~70 min under TCG
+#               on a 2-core host: each run costs ~15 s of set-up beyond its 10 s).
+#   BENCH=quick the same structure, 5 workloads, shorter runs, 1 repetition (~15 min).
 #   BENCH=verbs the verbs benchmark: internal/verbs against perftest (bench/verbs.sh).
 #
 #   bench/run.sh                     BENCH=quick bench/run.sh       BENCH=verbs bench/run.sh
@@ -49,7 +50,7 @@ block() {
   mkdir -p "$dir" || exit 1
   "$GO" build -o bench/bin/blockreport ./bench/blockreport || exit 1
   [ -x bin/rbdt ] && [ -x bin/rbdi ] && [ -x bin/rbdctl ] || { echo "bench: build rbd first (make build)" >&2; exit 1; }
-  echo "bench: block-device benchmark ($mode) in the guest ($([ "$mode" = quick ] && echo '~8' || echo '~45') min); output in $dir"
+  echo "bench: block-device benchmark ($mode) in the guest ($([ "$mode" = quick ] && echo '~15' || echo '~70') min); output in $dir"
   VM_RW="$dir" VM_TIMEOUT=${VM_TIMEOUT:-$([ "$mode" = quick ] && echo 2400 || echo 7200)} \
     test/vm/vm.sh run "$PWD/bench/block.sh" "$dir" "$mode" 2>&1 | tee "$dir/guest.log"
   rc=${PIPESTATUS[0]}

@@ -67,16 +67,17 @@ var hop = map[string]hopRef{
 }
 
 type run struct {
-	System   string `json:"system"`
-	Workload string `json:"workload"`
-	Rep      int    `json:"rep"`
-	FioRC    int    `json:"fio_rc"`
-	Device   string `json:"device"`
-	FioJSON  string `json:"fio_json"`
-	FioArgs  string `json:"fio_args"`
-	Snap0    string `json:"snap0"`
-	Snap1    string `json:"snap1"`
-	Daemons  string `json:"daemons"`
+	System   string  `json:"system"`
+	Workload string  `json:"workload"`
+	Rep      int     `json:"rep"`
+	FioRC    int     `json:"fio_rc"`
+	Device   string  `json:"device"`
+	FioJSON  string  `json:"fio_json"`
+	FioArgs  string  `json:"fio_args"`
+	Samples  string  `json:"samples"`
+	JobStart float64 `json:"job_start"`
+	JobEnd   float64 `json:"job_end"`
+	Daemons  string  `json:"daemons"`
 
 	OK        bool     `json:"ok"`
 	Problem   string   `json:"problem,omitempty"`
@@ -86,6 +87,7 @@ type run struct {
 	LatP99Us  float64  `json:"clat_p99_us"`
 	TotalIOs  float64  `json:"fio_total_ios"`
 	WindowS   float64  `json:"window_s"`
+	WindowAt  float64  `json:"window_start"`
 	WindowOK  bool     `json:"window_inside_timed_phase"`
 	BusyVCPU  *float64 `json:"busy_vcpus,omitempty"`
 	CPUusIO   *float64 `json:"guest_cpu_us_per_io,omitempty"`
@@ -155,9 +157,9 @@ func main() {
 		}
 		return nil
 	})
-	rt, _ := meta["runtime_s"].(float64)
+	ramp, _ := meta["ramp_s"].(float64)
 	for _, r := range runs {
-		r.evaluate(dir, clk, rt)
+		r.evaluate(dir, clk, ramp)
 	}
 
 	// medians
@@ -264,13 +266,13 @@ func main() {
 	p := func(f string, a ...any) { fmt.Fprintf(&md, f, a...) }
 	p("# rbd block-device benchmark (%v mode)\n\n", meta["mode"])
 	p("Guest: %v, %v vCPUs (qemu TCG), %v; one brd device of %v MiB is the backend of every system. "+
-		"%v repetition(s), %v s per run after %v s ramp; medians over repetitions. rbd commit %v, %v.\n\n",
-		meta["kernel"], meta["cpus"], meta["date"], meta["ram_mb"], meta["reps"], meta["runtime_s"], meta["ramp_s"], meta["rbd_commit"], meta["fio"])
+		"%v repetition(s), %v s per run after %v s ramp; medians over repetitions. rbd: %v, %v.\n\n",
+		meta["kernel"], meta["cpus"], meta["date"], meta["ram_mb"], meta["reps"], meta["runtime_s"], meta["ramp_s"], rbdVersion(meta), meta["fio"])
 	p("Method: one guest boot; systems interleaved within each repetition (the order rotates by one per repetition); " +
 		"one system is set up at a time on the same /dev/ram0, its data path verified (8 MiB random pattern written " +
 		"through the device, read back from /dev/ram0 with O_DIRECT, cmp), all workloads run, torn down. " +
 		"fio libaio direct=1 time_based with ramp; caches dropped and scheduler `none` before every run. " +
-		"Guest CPU µs/I/O = busy jiffies of /proc/stat over a window inside the timed phase ÷ (fio IOPS × window); " +
+		"Guest CPU µs/I/O = busy jiffies of /proc/stat (sampled every 0.2 s) over the samples inside fio's timed phase ÷ (fio IOPS × that window); " +
 		"it counts everything in the guest (fio, kernel, daemons, the emulated RDMA device). " +
 		"RDMA systems all use soft-RoCE rxe0 (10.77.0.1) except rbd (siw) on soft-iWARP siw0 (10.79.0.1). " +
 		"nbd-server does buffered I/O on /dev/ram0 (it has no O_DIRECT option), one TCP connection.\n\n")
@@ -377,7 +379,7 @@ func main() {
 	os.Stdout.Write(md.Bytes())
 }
 
-func (r *run) evaluate(dir string, clk, rt float64) {
+func (r *run) evaluate(dir string, clk, ramp float64) {
 	fail := func(s string) { r.OK, r.Problem = false, s }
 	b, err := os.ReadFile(filepath.Join(dir, "fio", filepath.Base(r.FioJSON)))
 	if err != nil {
@@ -388,8 +390,7 @@ func (r *run) evaluate(dir string, clk, rt float64) {
 		b = b[i:] // fio may print notes before the JSON
 	}
 	var f struct {
-		TimestampMs float64 `json:"timestamp_ms"`
-		Jobs        []struct {
+		Jobs []struct {
 			Error int                        `json:"error"`
 			Read  map[string]json.RawMessage `json:"read"`
 			Write map[string]json.RawMessage `json:"write"`
@@ -417,29 +418,57 @@ func (r *run) evaluate(dir string, clk, rt float64) {
 	_ = json.Unmarshal(raw, &st)
 	r.IOPS, r.MBs, r.TotalIOs = st.IOPS, st.BW/1e6, st.TotalIOs
 	r.LatMeanUs, r.LatP99Us = st.Clat.Mean/1e3, st.Clat.Pct["99.000000"]/1e3
-	s0, s1 := fields(r.Snap0), fields(r.Snap1)
-	if len(s0) >= 3 && len(s1) == len(s0) {
-		r.WindowS = s1[0] - s0[0]
-		// the window must lie inside fio's timed phase: [end - runtime, end]
-		// (fio's timestamp is taken when it reports, just after the run)
-		end, dur := f.TimestampMs/1e3, rt
-		r.WindowOK = r.WindowS > 0 && s1[0] <= end+0.2 && s0[0] >= end-dur-0.2
-		if r.WindowOK && r.IOPS > 0 {
-			ios := r.IOPS * r.WindowS
-			busy := s1[1] - s0[1]
-			bv, cu := busy/clk/r.WindowS, busy*1e6/clk/ios
-			r.BusyVCPU, r.CPUusIO = &bv, &cu
-			if r.Daemons != "" && len(s0) >= 9 {
-				d := func(i int) float64 { return s1[i] - s0[i] }
-				cpu := func(i int) *float64 { x := d(i) * 1e6 / clk / ios; return &x }
-				ctx := func(i int) *float64 { x := (d(i) + d(i+1)) / ios; return &x }
-				r.RbdiCPU, r.RbdiCtx = cpu(3), ctx(4)
-				r.RbdtCPU, r.RbdtCtx = cpu(6), ctx(7)
+	// the window: the samples inside fio's timed phase, [last job start + ramp,
+	// first job end], 0.3 s in from each side. Sample lines: "C time busy total"
+	// (every 0.2 s) and, for rbd, two "D time busy total" + 3 figures per daemon.
+	var c0, c1, d0, d1 []float64
+	if sb, err := os.ReadFile(filepath.Join(dir, r.Samples)); err == nil && r.JobStart > 0 && r.JobEnd > 0 {
+		ws, we := r.JobStart+ramp+0.3, r.JobEnd-0.3
+		for _, line := range strings.Split(string(sb), "\n") {
+			kind, rest, _ := strings.Cut(line, " ")
+			if kind != "C" && kind != "D" { // first format: no prefix, every line full
+				kind, rest = "D", line
+			}
+			v := fields(rest)
+			if len(v) < 3 || v[0] < ws || v[0] > we {
+				continue
+			}
+			if c0 == nil {
+				c0 = v
+			} else {
+				c1 = v
+			}
+			if kind == "D" && len(v) >= 9 {
+				if d0 == nil {
+					d0 = v
+				} else {
+					d1 = v
+				}
 			}
 		}
 	}
+	if c0 != nil && c1 != nil {
+		r.WindowS, r.WindowAt = c1[0]-c0[0], c0[0]
+		r.WindowOK = r.WindowS >= 0.5
+		if r.WindowOK && r.IOPS > 0 {
+			ios := r.IOPS * r.WindowS
+			busy := c1[1] - c0[1]
+			bv, cu := busy/clk/r.WindowS, busy*1e6/clk/ios
+			r.BusyVCPU, r.CPUusIO = &bv, &cu
+		}
+	}
+	if r.Daemons != "" && d0 != nil && d1 != nil && d1[0]-d0[0] >= 0.5 && r.IOPS > 0 {
+		ios := r.IOPS * (d1[0] - d0[0])
+		d := func(i int) float64 { return d1[i] - d0[i] }
+		cpu := func(i int) *float64 { x := d(i) * 1e6 / clk / ios; return &x }
+		ctx := func(i int) *float64 { x := (d(i) + d(i+1)) / ios; return &x }
+		r.RbdiCPU, r.RbdiCtx = cpu(3), ctx(4)
+		r.RbdtCPU, r.RbdtCtx = cpu(6), ctx(7)
+	} else if r.Daemons != "" {
+		r.Problem = "the daemon samples are not both inside fio's timed phase: no daemon figures"
+	}
 	if !r.WindowOK {
-		r.Problem = "CPU window not inside fio's timed phase: no CPU figures"
+		r.Problem = "no CPU samples (0.5 s or more) inside fio's timed phase: no CPU figures"
 	}
 	switch {
 	case r.FioRC != 0 || j.Error != 0:
@@ -486,7 +515,7 @@ func plot(dir string, wls []workload, meds map[string]map[string]*med, meta map[
 # plot.dat: each system's median headline (IOPS or MB/s) ÷ NVMe-oF's; NaN = no figure
 set terminal pngcairo size 1400,700 font "DejaVu Sans,13"
 set output "plot.png"
-set title "rbd block benchmark (%v mode, %v reps, guest %v, qemu TCG): throughput relative to kernel NVMe-oF/RDMA = 1\n4k workloads: IOPS, sequential: MB/s; medians; brd (local RAM, far off the scale) omitted; missing bar = n/a or failed"
+set title "rbd block benchmark (%v mode, repetitions: %v, guest %v, qemu TCG): throughput relative to kernel NVMe-oF/RDMA = 1\n4k workloads: IOPS, sequential: MB/s; medians; brd (local RAM, far off the scale) omitted; missing bar = n/a or failed"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.85 border -1
@@ -495,17 +524,19 @@ set datafile missing "NaN"
 set ylabel "÷ NVMe-oF/RDMA (higher is better)"
 set yrange [0:%.2f]
 set grid ytics
-set key top left horizontal
+set key outside bottom center horizontal
+set key autotitle columnheader
+set xrange [-0.6:%d-0.4]
 set xtics nomirror
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb "black"
-`, meta["mode"], meta["reps"], meta["kernel"], maxv*1.18)
+`, meta["mode"], meta["reps"], meta["kernel"], maxv*1.15, len(wls))
 	colors := []string{"#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"}
 	fmt.Fprintf(&gp, "plot ")
 	for i := range peers {
 		if i > 0 {
 			fmt.Fprintf(&gp, ", \\\n     ")
 		}
-		fmt.Fprintf(&gp, "'plot.dat' using %d:xtic(1) title columnheader(%d) lc rgb %q", i+2, i+2, colors[i])
+		fmt.Fprintf(&gp, "'plot.dat' using %d:xtic(1) lc rgb %q", i+2, colors[i])
 	}
 	for i := range peers {
 		// value labels above each bar: cluster of n bars, gap 1 -> bar width 1/(n+1)
@@ -547,11 +578,23 @@ func howFar(w workload, meds map[string]map[string]*med, why map[string]string) 
 			}
 		}
 		if h, ok := hop[w.name]; ok {
-			vs = append(vs, ratioV(rm, w, h.value)+" hop ceiling (other boot)")
+			hv := ratioV(rm, w, h.value) + " hop ceiling (raw, other boot"
+			if n := meds["nvmeof"][w.name]; n != nil && n.Headline > 0 {
+				hv += fmt.Sprintf("; %.2f× once both are divided by their own boot's NVMe-oF", (rm.Headline/n.Headline)/(h.value/h.nvme))
+			}
+			vs = append(vs, hv+")")
 		}
 		parts = append(parts, fmt.Sprintf("%s = %s", sysLabel[r], strings.Join(vs, ", ")))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// rbdVersion: what rbdi --version said in the guest (newer runs), else the tree's commit
+func rbdVersion(meta map[string]any) string {
+	if v, ok := meta["rbd_version"].(string); ok && v != "" {
+		return v
+	}
+	return fmt.Sprintf("tree at commit %v", meta["rbd_commit"])
 }
 
 func headline(w workload, iops, mbs float64) float64 {
