@@ -94,7 +94,7 @@ func startDaemons(t *testing.T, o daemonOpts) *daemons {
 // (the old process must be gone: its socket and port are taken over).
 func (d *daemons) restartTarget() {
 	d.t.Helper()
-	d.rbdt.Process.Kill()    // if it still runs
+	d.rbdt.Process.Kill()   // if it still runs
 	time.Sleep(time.Second) // its control socket and port are let go
 	os.Remove(d.tsock)
 	d.rbdt, d.tlog = d.start("rbdt", d.targs, d.tsock, d.tenv)
