@@ -27,7 +27,7 @@ type Config struct {
 	Spin time.Duration
 }
 
-// Ring is the message side of one connection. Post, RepostNow and the
+// Ring is the message side of one connection. Post and the
 // accessors are safe for concurrent use; Run, Repost and Defer belong to the
 // goroutine running the loop.
 type Ring struct {
@@ -127,9 +127,6 @@ func (r *Ring) SendHeader(k int) []byte {
 // SendHeaderSGE is send header k as a scatter entry.
 func (r *Ring) SendHeaderSGE(k int) verbs.SGE { return r.mr.SGE(r.sendHdrOff(k), wire.HeaderSize) }
 
-// Buffer is the ring's memory: a SEND may gather from it with SGE.
-func (r *Ring) SGE(off, n int) verbs.SGE { return r.mr.SGE(off, n) }
-
 func (r *Ring) recvWR(i int) verbs.RecvWR {
 	w := verbs.RecvWR{ID: recvID | uint64(i), NumSGE: 2}
 	w.SGE[0] = r.mr.SGE(r.recvHdrOff(i), wire.HeaderSize)
@@ -140,14 +137,6 @@ func (r *Ring) recvWR(i int) verbs.RecvWR {
 // Repost gives receive context i back at the end of the current batch (loop
 // goroutine only).
 func (r *Ring) Repost(i int) { r.reposts = append(r.reposts, r.recvWR(i)) }
-
-// RepostNow posts receive context i at once (any goroutine).
-func (r *Ring) RepostNow(i int) error {
-	var w [1]verbs.RecvWR
-	w[0] = r.recvWR(i)
-	_, err := r.ep.PostRecv(w[:])
-	return err
-}
 
 // Defer queues sends to be posted, in order and in one chain, at the end of
 // the current batch (loop goroutine only).

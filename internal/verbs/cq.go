@@ -97,13 +97,7 @@ func (cq *CQ) Poll(wcs []WC) (int, error) {
 }
 
 // Arm asks for an event on the channel at the next completion.
-func (cq *CQ) Arm() error {
-	if !cq.lt.acquire() {
-		return ErrClosed
-	}
-	defer cq.lt.release()
-	return cReqNotifyCQ(cq.cq, false)
-}
+func (cq *CQ) Arm() error { return cq.ArmFor(false) }
 
 // ArmFor asks for an event at the next solicited completion (an incoming
 // message its sender marked solicited, or an error completion where the
