@@ -33,11 +33,14 @@ func (c *qconn) loop() {
 	if err != nil && !errors.Is(err, verbs.ErrClosed) {
 		c.drop("completion queue: " + err.Error())
 	}
+	c.ring.Leftovers(func(wc *verbs.WC) {
+		c.q.log.Warn("completion error", "err", wc.Err(), "seen", "after the connection ended")
+	})
 }
 
 func (c *qconn) completion(wc *verbs.WC) {
 	if wc.Status != verbs.WCSuccess {
-		if wc.Status != verbs.WCFlushErr && !c.dead.Load() {
+		if wc.Status != verbs.WCFlushErr {
 			c.q.log.Warn("completion error", "err", wc.Err())
 		}
 		c.drop("completion error: " + wc.Err().Error())

@@ -200,6 +200,25 @@ type Loop struct {
 	FlushFailed func(err error)
 }
 
+// Leftovers polls what is still in the completion queue once the loop has
+// ended and hands report each completion that failed for a reason other
+// than the flush of a dead queue pair: a peer's disconnect can be seen
+// before the completion error that caused it (siw sends its TERMINATE and
+// the CM event races the CQ), and that error is the line an operator needs.
+func (r *Ring) Leftovers(report func(wc *verbs.WC)) {
+	for range 64 {
+		n, err := r.ep.Poll(r.wcs)
+		if err != nil || n == 0 {
+			return
+		}
+		for k := range n {
+			if wc := &r.wcs[k]; wc.Status != verbs.WCSuccess && wc.Status != verbs.WCFlushErr {
+				report(wc)
+			}
+		}
+	}
+}
+
 // Run is the connection's completion loop. It returns nil when Stopped says
 // so, verbs.ErrClosed when the endpoint is woken or closed, or the CQ's error.
 func (r *Ring) Run(l Loop) error {
