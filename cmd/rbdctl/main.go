@@ -39,8 +39,8 @@ type options struct {
 	// the NBD socket of a new device (--nbd-socket ...)
 	nbdSocket, socketMode, socketOwner string
 	noKernelDevice                     bool
-	verb                         string // the command given instead of -n, -r, -l, -s
-	timeout                      time.Duration
+	verb                               string // the command given instead of -n, -r, -l, -s
+	timeout                            time.Duration
 }
 
 // Exit codes, as rbdctl(8) documents them.
