@@ -36,11 +36,12 @@ type options struct {
 	socket, targetSocket         string
 	queues                       int
 	readOnly                     bool
+	verb                         string // the command given instead of -n, -r, -l, -s
+	timeout                      time.Duration
+
 	// the NBD socket of a new device (--nbd-socket ...)
 	nbdSocket, socketMode, socketOwner string
 	noKernelDevice                     bool
-	verb                               string // the command given instead of -n, -r, -l, -s
-	timeout                            time.Duration
 }
 
 // Exit codes, as rbdctl(8) documents them.
