@@ -496,6 +496,10 @@ func showStats(ctx context.Context, cmd *cobra.Command, o *options) error {
 		if o.output == "json" {
 			return printJSON(w, res)
 		}
+		if res.Device.Path == "" { // on an NBD socket only
+			fmt.Fprintf(w, "%s (NBD socket %s): %s on %s, %s\n", res.Device.Name, res.Device.NBDSocket, res.Device.Export, res.Device.TargetAddr, res.Device.State)
+			return res.Stats.WriteText(w)
+		}
 		fmt.Fprintf(w, "%s (%s): %s on %s, %s\n", res.Device.Path, res.Device.NBD, res.Device.Export, res.Device.TargetAddr, res.Device.State)
 		return res.Stats.WriteText(w)
 	}
