@@ -198,8 +198,8 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	// first, under the lock that also reserves the number: is it mapped already?
 	num, err := m.reserveNumber(mapping{to, req.Export})
 	var me *MappedError
-	if errors.As(err, &me) && (me.Device.Socket() != sc.path || me.Device.kernel != kernel) {
-		// the existing device is not what was asked for: do not answer with it
+	if errors.As(err, &me) && (sc.path != "" && me.Device.Socket() != sc.path || kernel && !me.Device.kernel) {
+		// the existing device lacks what was asked for: do not answer with it
 		d := me.Device
 		return nil, &Error{Msg: fmt.Sprintf("export %s on %s is mapped already as %s, with other NBD socket options", d.Export, d.Target, d),
 			Hint: fmt.Sprintf("remove it first (rbdctl -r -d %s), then map it with the options wanted", d.ref())}
@@ -218,6 +218,14 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 			return nil, &Error{Msg: "kernel NBD interface: " + err.Error(), Err: err}
 		}
 		defer nl.Close()
+	}
+	if sc.path != "" { // before the target is bothered
+		m.sockMu.Lock()
+		err := checkSocketPath(sc)
+		m.sockMu.Unlock()
+		if err != nil {
+			return nil, err
+		}
 	}
 	var iface, rdev string
 	if m.cfg.Transport == nil {

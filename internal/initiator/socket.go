@@ -215,12 +215,13 @@ func nbdFlags(ex wire.OpenReply) uint64 {
 	return flags
 }
 
-// socketMaxBlock is the largest request a socket client is told to send: a
-// slot, or up to an eighth of the queue's slots (as the kernel device's
-// max_sectors_kb), at most 4 MiB.
+// socketMaxBlock is the largest request a socket client is told to send,
+// the kernel device's max_sectors_kb: a slot, or up to an eighth of the
+// queue's slots and 1 MiB (a larger request goes out as several commands in
+// parallel; an eighth of the slots keeps it from starving the queue).
 func socketMaxBlock(q *client.Queue, blockSize uint32) uint32 {
 	slot := uint32(q.SlotSize())
-	m := max(slot, min(4<<20, slot*uint32(max(1, q.Depth()/8))))
+	m := max(slot, min(1<<20, slot*uint32(max(1, q.Depth()/8))))
 	return m / blockSize * blockSize
 }
 
@@ -321,19 +322,10 @@ func (m *Manager) listenSocket(d *Device, sc socketConfig) error {
 // the path with other permissions. A stale socket at the path (nobody
 // listens) is replaced; anything else there is an error.
 func makeSocket(sc socketConfig) (*net.UnixListener, uint64, error) {
+	if err := checkSocketPath(sc); err != nil {
+		return nil, 0, err
+	}
 	dir := filepath.Dir(sc.path)
-	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-		return nil, 0, &Error{Msg: fmt.Sprintf("NBD socket %s: directory %s does not exist", sc.path, dir), Hint: "create it first (mkdir -p " + dir + ")", Err: err}
-	}
-	if st, err := os.Lstat(sc.path); err == nil {
-		if st.Mode()&os.ModeSocket == 0 {
-			return nil, 0, &Error{Msg: fmt.Sprintf("NBD socket %s: the path exists and is not a socket", sc.path), Hint: "give another path, or remove what is there"}
-		}
-		if c, err := net.DialTimeout("unix", sc.path, time.Second); err == nil {
-			c.Close()
-			return nil, 0, &Error{Msg: fmt.Sprintf("NBD socket %s: another server listens on it", sc.path), Hint: "give another path, or stop that server"}
-		}
-	}
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	tmp := filepath.Join(dir, ".rbdi"+hex.EncodeToString(rnd[:]))
@@ -368,6 +360,26 @@ func makeSocket(sc socketConfig) (*net.UnixListener, uint64, error) {
 		ino = sys.Ino
 	}
 	return ln, ino, nil
+}
+
+// checkSocketPath says whether a socket can be made at the path: its
+// directory exists, and nothing is there but a stale socket. Add checks it
+// before it connects to the target, and makeSocket again.
+func checkSocketPath(sc socketConfig) error {
+	dir := filepath.Dir(sc.path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return &Error{Msg: fmt.Sprintf("NBD socket %s: directory %s does not exist", sc.path, dir), Hint: "create it first (mkdir -p " + dir + ")", Err: err}
+	}
+	if st, err := os.Lstat(sc.path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return &Error{Msg: fmt.Sprintf("NBD socket %s: the path exists and is not a socket", sc.path), Hint: "give another path, or remove what is there"}
+		}
+		if c, err := net.DialTimeout("unix", sc.path, time.Second); err == nil {
+			c.Close()
+			return &Error{Msg: fmt.Sprintf("NBD socket %s: another server listens on it", sc.path), Hint: "give another path, or stop that server"}
+		}
+	}
+	return nil
 }
 
 func (s *sockServer) accept() {

@@ -459,7 +459,8 @@ func TestSocketRemove(t *testing.T) {
 
 // TestSocketOptions: the socket's path, mode and owner, and what is refused.
 func TestSocketOptions(t *testing.T) {
-	r := newRig(t, 4<<20)
+	// shared: a refused add does not wait for the target to let go of the last
+	r := newRig(t, 4<<20, func(e *target.ExportConfig) { e.Shared = true })
 	dir := r.dir
 	stale := filepath.Join(dir, "stale.sock")
 	l, err := net.Listen("unix", stale)
@@ -521,6 +522,11 @@ func TestSocketOptions(t *testing.T) {
 			again.NBDSocket = filepath.Join(dir, "other.sock")
 			if _, err := r.m.Add(context.Background(), again); err == nil || !strings.Contains(err.Error(), "with other NBD socket options") {
 				t.Fatalf("the same export on another socket: %v", err)
+			}
+			// the same again: the device there is the answer
+			var me *initiator.MappedError
+			if _, err := r.m.Add(context.Background(), req); !errors.As(err, &me) || me.Device != d {
+				t.Fatalf("the same export with the same socket: want a *MappedError naming %s, got %v", d.Name(), err)
 			}
 		})
 	}
@@ -630,7 +636,7 @@ func TestSocketTools(t *testing.T) {
 			t.Skip("this fio has no nbd engine")
 		}
 		out := runTool(t, "fio", "--name=v", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite", "--bs=4k", "--iodepth=16",
-			"--size=8m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--output-format=json")
+			"--size=8m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json")
 		var res struct {
 			Jobs []struct {
 				Error int `json:"error"`

@@ -60,9 +60,12 @@ func TestNBDSocket(t *testing.T) {
 		}
 		e := ni.Exports[0]
 		t.Logf("nbdinfo: %v", e)
+		// the kernel device's max_sectors_kb: up to an eighth of rbdi's
+		// 127 data slots (queue depth 128), at most 1 MiB
+		maxBlock := max(info.SlotSize, min(1<<20, info.SlotSize*15))
 		for k, v := range map[string]any{
 			"export-size": float64(256 << 20), "block_size_minimum": float64(info.BlockSize), "block_size_preferred": float64(4096),
-			"block_size_maximum": float64(info.SlotSize), "is_read_only": false, "can_flush": true, "can_fua": true,
+			"block_size_maximum": float64(maxBlock), "is_read_only": false, "can_flush": true, "can_fua": true,
 			"can_zero": true, "can_multi_conn": true,
 		} {
 			if e[k] != v {
@@ -182,7 +185,7 @@ func TestNBDSocket(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			run(t, "fio", "--name=k", "--filename="+dev, "--direct=1", "--ioengine=libaio", "--rw=randwrite", "--bs=4k",
-				"--iodepth=16", "--offset=128m", "--size=32m", "--verify=crc32c", "--verify_fatal=1")
+				"--iodepth=16", "--offset=128m", "--size=32m", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0")
 		}()
 		wg.Wait()
 		d.remove(dev)
@@ -238,7 +241,7 @@ func fioVerify(t *testing.T, uri string, offset int, size string) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "fio", "--name=nbd", "--ioengine=nbd", "--uri="+uri, "--rw=randwrite", "--bs=4k",
 		"--iodepth=16", fmt.Sprintf("--offset=%d", offset), "--size="+size, "--verify=crc32c", "--do_verify=1",
-		"--verify_fatal=1", "--output-format=json").CombinedOutput()
+		"--verify_fatal=1", "--verify_state_save=0", "--output-format=json").CombinedOutput()
 	var res struct {
 		Jobs []struct {
 			Error int `json:"error"`
