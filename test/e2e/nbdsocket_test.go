@@ -85,7 +85,7 @@ func TestNBDSocket(t *testing.T) {
 			t.Fatal(err)
 		}
 		run(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", in, qemuURI)
-		run(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", "--image-opts",
+		run(t, "qemu-img", "convert", "-O", "raw", "--image-opts", // as QEMU's -blockdev names it
 			"driver=nbd,server.type=unix,server.path="+sock, back)
 		// qemu-img writes the whole export: compare what was given
 		run(t, "truncate", "-s", "64M", back)
