@@ -162,7 +162,6 @@ type sockServer struct {
 	closed   bool
 	clients  map[*sockClient]struct{}
 	flush    []*queueFlush // per queue
-	accepted atomic.Uint64
 }
 
 // queueFlush is a queue's batch end: the kernel socket's replies are
@@ -438,7 +437,6 @@ func peerOf(uc *net.UnixConn) string {
 func (s *sockServer) serveClient(c *sockClient) {
 	defer s.wg.Done()
 	defer s.forget(c)
-	s.accepted.Add(1)
 	c.uc.SetDeadline(time.Now().Add(handshakeTimeout))
 	neg, err := s.hs.Serve(c.uc)
 	if err != nil {
