@@ -158,10 +158,10 @@ type sockServer struct {
 	wg   sync.WaitGroup // the accept loop and the clients' goroutines
 	once sync.Once
 
-	mu       sync.Mutex
-	closed   bool
-	clients  map[*sockClient]struct{}
-	flush    []*queueFlush // per queue
+	mu      sync.Mutex
+	closed  bool
+	clients map[*sockClient]struct{}
+	flush   []*queueFlush // per queue
 }
 
 // queueFlush is a queue's batch end: the kernel socket's replies are
