@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -191,7 +192,7 @@ func run(cmd *cobra.Command, o *options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	coll := stats.NewCollector(stats.RoleTarget, "path", "read_only")
+	coll := stats.NewCollector(stats.RoleTarget, stats.TargetInfoLabels...)
 	build := version.Get()
 	coll.SetBuildInfo(build.Version, build.GoVersion)
 	srv, err := target.NewServer(cfg)
@@ -200,21 +201,27 @@ func run(cmd *cobra.Command, o *options) error {
 	}
 	defer srv.Close()
 	for _, e := range srv.Exports() {
-		key := "export:" + e.Name()
-		coll.Add(key, stats.Labels{Export: e.Name()}, e.Stats)
+		if err := addExportMetrics(coll, e); err != nil {
+			return err
+		}
 	}
 	status := daemon.NewStatus(ctx)
 	var smu sync.Mutex
 	sessions := map[string]string{} // session id -> export, for STATUS=
+	ords := newOrdinals()
 	srv.OnSession = func(s target.SessionInfo, up bool) {
+		// The session id is a credential: it is the collector's key, never a
+		// label; the session label is the session's ordinal on its export.
 		key := "session:" + s.ID
 		smu.Lock()
 		defer smu.Unlock()
 		if up {
-			coll.Add(key, stats.Labels{Export: s.Export, Session: s.ID}, s.Stats)
+			n := ords.take(s.Export, s.ID)
+			coll.Add(key, stats.Labels{Export: s.Export, Session: strconv.Itoa(n)}, s.Stats)
 			sessions[s.ID] = s.Export
 		} else {
 			coll.Remove(key)
+			ords.release(s.Export, s.ID)
 			delete(sessions, s.ID)
 		}
 		status.Set(daemon.SessionsStatus(slices.Collect(maps.Values(sessions)), len(srv.Exports())))
@@ -233,6 +240,77 @@ func run(cmd *cobra.Command, o *options) error {
 	daemon.Notify("STOPPING=1")
 	log.Info("stopped")
 	return err
+}
+
+// ExportStates are the states of a target's rbd_device_state: "ready" once
+// the export's backend is open, "unavailable" while it could not be opened
+// (rbdt retries when an initiator asks for it).
+var ExportStates = []string{"ready", "unavailable"}
+
+// addExportMetrics registers an export's counters, its rbd_device_info and
+// rbd_device_size_bytes (read at scrape time: an export that failed to open
+// at start has them once it opens) and its rbd_device_state.
+func addExportMetrics(coll *stats.Collector, e *target.Export) error {
+	key := "export:" + e.Name()
+	l := stats.Labels{Export: e.Name()}
+	cfg := e.Config()
+	return errors.Join(
+		coll.Add(key, l, e.Stats),
+		coll.AddInfoFunc(key, l, func() (uint64, map[string]string, bool) {
+			size, bs, ok := e.Geometry()
+			if !ok {
+				return 0, nil, false
+			}
+			return uint64(size), map[string]string{"path": cfg.Path, "block_size": strconv.Itoa(bs),
+				"read_only": strconv.FormatBool(cfg.ReadOnly), "shared": strconv.FormatBool(cfg.Shared)}, true
+		}),
+		coll.AddState(key, l, ExportStates, func() string {
+			if _, _, ok := e.Geometry(); ok {
+				return "ready"
+			}
+			return "unavailable"
+		}),
+	)
+}
+
+// ordinals numbers the sessions of each export 1, 2, ...: a new session
+// takes the smallest number free on its export, so the session label of the
+// metrics stays bounded by the sessions open at once.
+type ordinals struct {
+	byExport map[string]map[string]int // export -> session id -> ordinal
+}
+
+func newOrdinals() *ordinals { return &ordinals{byExport: map[string]map[string]int{}} }
+
+// take returns id's ordinal on export, giving it the smallest free one if it
+// has none.
+func (o *ordinals) take(export, id string) int {
+	m := o.byExport[export]
+	if m == nil {
+		m = map[string]int{}
+		o.byExport[export] = m
+	}
+	if n, ok := m[id]; ok {
+		return n
+	}
+	used := map[int]bool{}
+	for _, n := range m {
+		used[n] = true
+	}
+	n := 1
+	for used[n] {
+		n++
+	}
+	m[id] = n
+	return n
+}
+
+// release frees id's ordinal on export.
+func (o *ordinals) release(export, id string) {
+	delete(o.byExport[export], id)
+	if len(o.byExport[export]) == 0 {
+		delete(o.byExport, export)
+	}
 }
 
 func controlHandler(srv *target.Server, coll *stats.Collector) http.Handler {
