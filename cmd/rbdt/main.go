@@ -242,11 +242,6 @@ func run(cmd *cobra.Command, o *options) error {
 	return err
 }
 
-// ExportStates are the states of a target's rbd_device_state: "ready" once
-// the export's backend is open, "unavailable" while it could not be opened
-// (rbdt retries when an initiator asks for it).
-var ExportStates = []string{"ready", "unavailable"}
-
 // addExportMetrics registers an export's counters, its rbd_device_info and
 // rbd_device_size_bytes (read at scrape time: an export that failed to open
 // at start has them once it opens) and its rbd_device_state.
@@ -264,7 +259,7 @@ func addExportMetrics(coll *stats.Collector, e *target.Export) error {
 			return uint64(size), map[string]string{"path": cfg.Path, "block_size": strconv.Itoa(bs),
 				"read_only": strconv.FormatBool(cfg.ReadOnly), "shared": strconv.FormatBool(cfg.Shared)}, true
 		}),
-		coll.AddState(key, l, ExportStates, func() string {
+		coll.AddState(key, l, stats.ExportStates, func() string {
 			if _, _, ok := e.Geometry(); ok {
 				return "ready"
 			}

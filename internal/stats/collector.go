@@ -64,6 +64,11 @@ var (
 	// TargetInfoLabels: the exported path, its logical block size, and
 	// whether it is exported read-only and shared.
 	TargetInfoLabels = []string{"path", "block_size", "read_only", "shared"}
+	// ExportStates are the states of a target's rbd_device_state: "ready"
+	// once the export's backend is open, "unavailable" while it could not be
+	// opened (rbdt tries again when an initiator asks for it). The
+	// initiator's are initiator.DeviceStates.
+	ExportStates = []string{"ready", "unavailable"}
 )
 
 // Collector is a prometheus.Collector over a set of Counters (and static
