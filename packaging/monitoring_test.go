@@ -645,3 +645,37 @@ func TestPromtool(t *testing.T) {
 		}
 	}
 }
+
+// TestOperationsGuideAlerts: docs/operations.md's table of alerts lists
+// exactly the rules of rbd-alerts.yml, and the README links the guide.
+func TestOperationsGuideAlerts(t *testing.T) {
+	root := repoRoot(t)
+	b, err := os.ReadFile(filepath.Join(root, "docs/operations.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `(Rbd[A-Za-z]+)` \\|").FindAllStringSubmatch(string(b), -1) {
+		documented[m[1]] = true
+	}
+	rules := ruleExprs(t, alertRules)
+	for name := range rules {
+		if !documented[name] {
+			t.Errorf("docs/operations.md does not list the alert %s", name)
+		}
+	}
+	for name := range documented {
+		if _, ok := rules[name]; !ok {
+			t.Errorf("docs/operations.md lists the alert %s, which %s does not have", name, alertRules)
+		}
+	}
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, link := range []string{"(docs/operations.md)", "(docs/metrics.md)"} {
+		if !strings.Contains(string(readme), link) {
+			t.Errorf("README.md does not link %s", link)
+		}
+	}
+}
