@@ -206,27 +206,12 @@ func run(cmd *cobra.Command, o *options) error {
 		}
 	}
 	status := daemon.NewStatus(ctx)
-	var smu sync.Mutex
-	sessions := map[string]string{} // session id -> export, for STATUS=
-	ords := newOrdinals()
+	sm := newSessionMetrics(coll)
 	srv.OnSession = func(s target.SessionInfo, up bool) {
-		// The session id is a credential: it is the collector's key, never a
-		// label; the session label is the session's ordinal on its export.
-		key := "session:" + s.ID
-		smu.Lock()
-		defer smu.Unlock()
-		if up {
-			n := ords.take(s.Export, s.ID)
-			coll.Add(key, stats.Labels{Export: s.Export, Session: strconv.Itoa(n)}, s.Stats)
-			sessions[s.ID] = s.Export
-		} else {
-			coll.Remove(key)
-			ords.release(s.Export, s.ID)
-			delete(sessions, s.ID)
-		}
-		status.Set(daemon.SessionsStatus(slices.Collect(maps.Values(sessions)), len(srv.Exports())))
+		sm.update(s, up)
+		status.Set(daemon.SessionsStatus(sm.exports(), len(srv.Exports())))
 	}
-	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll), metricsAddr, coll, log)
+	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll, sm.peerOf), metricsAddr, coll, log)
 	if err != nil {
 		return err
 	}
@@ -308,17 +293,77 @@ func (o *ordinals) release(export, id string) {
 	}
 }
 
-func controlHandler(srv *target.Server, coll *stats.Collector) http.Handler {
+// sessionMetrics registers the sessions' counters with the collector. The
+// session id is a credential: it is neither a label nor the collector's key
+// (which rbdctl -s sees); a session is named by its ordinal on its export.
+type sessionMetrics struct {
+	coll *stats.Collector
+
+	mu       sync.Mutex
+	ords     *ordinals
+	exportOf map[string]string // session id -> export, for STATUS=
+	peers    map[string]string // collector key -> the session's initiator, for rbdctl -s
+}
+
+func newSessionMetrics(coll *stats.Collector) *sessionMetrics {
+	return &sessionMetrics{coll: coll, ords: newOrdinals(), exportOf: map[string]string{}, peers: map[string]string{}}
+}
+
+// update registers a session that started (up) or removes one that ended.
+func (sm *sessionMetrics) update(s target.SessionInfo, up bool) {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	n := sm.ords.take(s.Export, s.ID)
+	key := sessionKey(s.Export, n)
+	if up {
+		sm.coll.Add(key, stats.Labels{Export: s.Export, Session: strconv.Itoa(n)}, s.Stats)
+		sm.exportOf[s.ID] = s.Export
+		sm.peers[key] = s.Peer
+		return
+	}
+	sm.coll.Remove(key)
+	sm.ords.release(s.Export, s.ID)
+	delete(sm.exportOf, s.ID)
+	delete(sm.peers, key)
+}
+
+// exports lists the export of every session, one entry per session.
+func (sm *sessionMetrics) exports() []string {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	return slices.Collect(maps.Values(sm.exportOf))
+}
+
+// peerOf returns the initiator of the session whose collector key is key.
+func (sm *sessionMetrics) peerOf(key string) string {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	return sm.peers[key]
+}
+
+// sessionKey is the collector key of export's session number n.
+func sessionKey(export string, n int) string {
+	return "session:" + export + "#" + strconv.Itoa(n)
+}
+
+// StatsEntry is an entry of GET /v1/stats: an export's or a session's
+// counters, and for a session the address of its initiator.
+type StatsEntry struct {
+	stats.Entry
+	Peer string `json:"peer,omitempty"`
+}
+
+func controlHandler(srv *target.Server, coll *stats.Collector, peerOf func(key string) string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		daemon.WriteJSON(w, http.StatusOK, srv.Status())
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("export")
-		var out []stats.Entry
+		var out []StatsEntry
 		for _, e := range coll.Entries() {
 			if name == "" || e.Labels.Export == name {
-				out = append(out, e)
+				out = append(out, StatsEntry{Entry: e, Peer: peerOf(e.Key)})
 			}
 		}
 		if name != "" && len(out) == 0 {
