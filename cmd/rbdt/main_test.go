@@ -82,7 +82,7 @@ rbd_device_info{block_size="512",export="` + img + `",path="` + img + `",read_on
 # HELP rbd_device_size_bytes Size of a device or export in bytes.
 # TYPE rbd_device_size_bytes gauge
 rbd_device_size_bytes{export="` + img + `",role="target",session=""} 8.388608e+06
-# HELP rbd_device_state A device's connection state: one series per state, 1 for the current one.
+# HELP rbd_device_state The state of a device (initiator: its connection) or export (target: its backend): one series per state, 1 for the current one.
 # TYPE rbd_device_state gauge
 rbd_device_state{export="` + img + `",role="target",session="",state="ready"} 1
 rbd_device_state{export="` + img + `",role="target",session="",state="unavailable"} 0

@@ -158,7 +158,7 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 	c.resent = desc("rbd_resent_total", "Commands sent again on a new connection after theirs died.")
 	c.info = desc("rbd_device_info", "Static information about a device or export; always 1.", c.infoNames...)
 	c.size = desc("rbd_device_size_bytes", "Size of a device or export in bytes.")
-	c.state = desc("rbd_device_state", "A device's connection state: one series per state, 1 for the current one.", "state")
+	c.state = desc("rbd_device_state", "The state of a device (initiator: its connection) or export (target: its backend): one series per state, 1 for the current one.", "state")
 	c.build = prometheus.NewDesc("rbd_build_info", "The daemon's build: its version and the Go version it was built with; always 1.",
 		[]string{"version", "goversion"}, nil)
 	return c
