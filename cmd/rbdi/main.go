@@ -195,7 +195,7 @@ func run(cmd *cobra.Command, o *options) error {
 	if inline == 0 {
 		inline = -1
 	}
-	coll := stats.NewCollector(stats.RoleInitiator, "nbd", "rdma_device", "interface")
+	coll := stats.NewCollector(stats.RoleInitiator, stats.InitiatorInfoLabels...)
 	build := version.Get()
 	coll.SetBuildInfo(build.Version, build.GoVersion)
 	var m *initiator.Manager

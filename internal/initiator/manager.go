@@ -238,7 +238,8 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	if c := m.cfg.Collector; c != nil {
 		l := stats.Labels{Device: d.Name(), Target: to.String(), Export: req.Export}
 		c.Add(d.Name(), l, d.Stats)
-		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface})
+		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface,
+			"block_size": strconv.Itoa(int(sess.Export.LogicalBlockSize)), "read_only": strconv.FormatBool(d.ReadOnly)})
 		c.AddState(d.Name(), l, DeviceStates, func() string { st, _ := d.State(); return st })
 	}
 	go m.watch(d)
