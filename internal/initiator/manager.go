@@ -41,6 +41,9 @@ type Config struct {
 	// default 600 s, negative: forever). NoReconnect fails I/O at once.
 	ReconnectDelay, CtrlLossTimeout time.Duration
 	NoReconnect                     bool
+	// FastIOFailTimeout fails a reconnecting queue's I/O after this long
+	// while it goes on reconnecting (client.QueueConfig; 0: off).
+	FastIOFailTimeout time.Duration
 	// DeadConnTimeout lets I/O wait this long for a new connection when all
 	// have died, instead of failing at once (NBD_ATTR_DEAD_CONN_TIMEOUT).
 	DeadConnTimeout time.Duration
@@ -203,7 +206,8 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: m.log.With("device", d.Name()), Stats: d.Stats,
 		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline,
 			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout,
-			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect}}
+			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect,
+			FastIOFailTimeout: m.cfg.FastIOFailTimeout}}
 	sess, err := client.Dial(ctx, ccfg)
 	if err == nil && queues > 1 && sess.Export.Caps&wire.CapMultiConn == 0 {
 		// without cross-queue flush visibility the kernel must use one socket
