@@ -77,9 +77,12 @@ func TestNegotiateConnect(t *testing.T) {
 		{"v1 only", Connect{MinVersion: 1, MaxVersion: 1}, 1, true, ""},
 		{"v1..2 without region falls back", Connect{MinVersion: 1, MaxVersion: 2}, 1, true, ""},
 		{"v1..2 with region", region(Connect{MinVersion: 1, MaxVersion: 2}), 2, true, ""},
-		{"v2 with region", region(Connect{MinVersion: 2, MaxVersion: 9}), 2, true, ""},
+		{"v2 with region", region(Connect{MinVersion: 2, MaxVersion: 2}), 2, true, ""},
+		{"v2..3 with region", region(Connect{MinVersion: 2, MaxVersion: 3}), 3, true, ""},
+		{"v2..9 with region", region(Connect{MinVersion: 2, MaxVersion: 9}), 3, true, ""},
+		{"v1..3 without region falls back", Connect{MinVersion: 1, MaxVersion: 3}, 1, true, ""},
 		{"v2 without region", Connect{MinVersion: 2, MaxVersion: 2}, 0, false, "slot region"},
-		{"too new", Connect{MinVersion: 3, MaxVersion: 4}, 0, false, "versions 1..2, the initiator 3..4"},
+		{"too new", region(Connect{MinVersion: 4, MaxVersion: 5}), 0, false, "versions 1..3, the initiator 4..5"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v, ok, why := NegotiateConnect(&tc.c)
