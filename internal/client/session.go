@@ -32,9 +32,9 @@ type Config struct {
 	// Key, if set, authenticates every connection with the export's
 	// pre-shared key (protocol version 3), and the target must prove it
 	// holds it too; a target that cannot is refused.
-	Key auth.Key
-	Log     *slog.Logger
-	Stats   *stats.Counters
+	Key   auth.Key
+	Log   *slog.Logger
+	Stats *stats.Counters
 	// Transport makes the queues' connections (default: RDMA over rdma_cm).
 	Transport transport.Dialer
 }

@@ -74,7 +74,7 @@ func TestExportLookup(t *testing.T) {
 	}
 }
 
-func TestAllowList(t *testing.T) {
+func TestAllowedLongestPrefix(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		allow []string

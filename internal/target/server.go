@@ -76,7 +76,7 @@ const (
 	DefaultMaxConnsPerPeer      = 64
 	DefaultMaxHandshakesPerPeer = 16
 	DefaultMaxPinnedPerPeer     = 2 << 30
-	maxWorkers         = 64
+	maxWorkers                  = 64
 	// maxRDMARead bounds the RDMA READs a connection serves at once.
 	maxRDMARead = 16
 )

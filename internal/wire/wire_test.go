@@ -267,3 +267,64 @@ func TestOpenReplyRoundTrip(t *testing.T) {
 		t.Fatalf("error reply: %+v %v", got, err)
 	}
 }
+
+// Version 3: the accept carries the nonce, an authenticated OPEN its nonce
+// and proof after the name, the OPEN reply the target's proof after its
+// message; each cut short is an error.
+func TestAuthFieldsRoundTrip(t *testing.T) {
+	acc := Accept{Version: 3, Depth: 4, SlotSize: 8192, SlotRKey: 5, SlotAddr: 1 << 20, Nonce: [NonceSize]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}
+	b := make([]byte, AcceptSizeV3)
+	if n := acc.Encode(b); n != AcceptSizeV3 {
+		t.Fatalf("v3 accept of %d bytes", n)
+	}
+	if got, err := DecodeAccept(b); err != nil || got != acc {
+		t.Fatalf("accept round trip: %+v %v", got, err)
+	}
+	if _, err := DecodeAccept(b[:AcceptSize]); !errors.Is(err, ErrShort) {
+		t.Fatalf("v3 accept without nonce: %v, want ErrShort", err)
+	}
+	acc.Version = 2
+	if n := acc.Encode(b); n != AcceptSize {
+		t.Fatalf("v2 accept of %d bytes", n)
+	}
+	if got, _ := DecodeAccept(b); got.Nonce != ([NonceSize]byte{}) {
+		t.Fatal("a v2 accept carries a nonce")
+	}
+
+	o := Open{Session: SessionID{1}, Queue: 1, Queues: 2, Flags: OpenAuth, ExportName: "/dev/vg0/db",
+		Nonce: [NonceSize]byte{0xaa}, MAC: [MACSize]byte{0xbb, 31: 0xcc}}
+	ob := make([]byte, MinDataArea)
+	n, err := o.Encode(ob)
+	if err != nil || n != openFixed+len(o.ExportName)+NonceSize+MACSize {
+		t.Fatalf("Encode: %d %v", n, err)
+	}
+	if got, err := DecodeOpen(ob[:n]); err != nil || got != o {
+		t.Fatalf("OPEN round trip: %+v %v", got, err)
+	}
+	if _, err := DecodeOpen(ob[:n-1]); !errors.Is(err, ErrShort) {
+		t.Fatalf("truncated proof: %v, want ErrShort", err)
+	}
+	o.Flags = 4
+	n, _ = o.Encode(ob)
+	if _, err := DecodeOpen(ob[:n]); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown OPEN flag: %v", err)
+	}
+
+	r := OpenReply{Size: 1 << 20, LogicalBlockSize: 512, Flags: OpenReplyAuth, Message: "m", MAC: [MACSize]byte{1, 31: 2}}
+	rb := make([]byte, MinDataArea)
+	n, err = r.Encode(rb)
+	if err != nil || n != openReplyFixed+1+MACSize {
+		t.Fatalf("Encode reply: %d %v", n, err)
+	}
+	if got, err := DecodeOpenReply(rb[:n], true); err != nil || got != r {
+		t.Fatalf("reply round trip: %+v %v", got, err)
+	}
+	if _, err := DecodeOpenReply(rb[:n-1], true); !errors.Is(err, ErrShort) {
+		t.Fatalf("truncated reply proof: %v", err)
+	}
+	r.Flags = 2
+	n, _ = r.Encode(rb)
+	if _, err := DecodeOpenReply(rb[:n], true); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown reply flag: %v", err)
+	}
+}
