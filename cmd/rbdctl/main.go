@@ -36,6 +36,7 @@ type options struct {
 	socket, targetSocket         string
 	queues                       int
 	readOnly                     bool
+	keyFile                      string
 	verb                         string // the command given instead of -n, -r, -l, -s
 	timeout                      time.Duration
 }
@@ -125,6 +126,7 @@ func addrFlags(c *cobra.Command, o *options) {
 	f.IntVarP(&o.queues, "queues", "q", 0, "RDMA queues for the new device (default: rbdi's)")
 	f.BoolVar(&o.readOnly, "read-only", false, "map the new device read-only")
 	f.BoolVar(&o.noReuse, "no-reuse", false, "fail when this host has the export mapped already (default: print that device)")
+	f.StringVar(&o.keyFile, "key-file", "", "authenticate with the export's pre-shared key in this root-only file, e.g. /etc/rbd/keys/db.key (rbdi reads it; with -n)")
 }
 
 func devFlag(c *cobra.Command, o *options, usage string) {
@@ -176,7 +178,7 @@ rbdctl list, rbdctl stats -d DEV. Exit status: 0 done, 1 failed, 2 usage.`,
 			RunE: action(&o, func() { *set, o.verb = true, strings.Fields(use)[0] })}
 		return v
 	}
-	mapCmd := verb("map -a ADDR -d DEV [-p PORT] [-q N] [--read-only] [--no-reuse]", "add a device, as -n (prints /dev/rbdiN)", &o.add)
+	mapCmd := verb("map -a ADDR -d DEV [-p PORT] [-q N] [--read-only] [--no-reuse] [--key-file FILE]", "add a device, as -n (prints /dev/rbdiN)", &o.add)
 	addrFlags(mapCmd, &o)
 	devFlag(mapCmd, &o, "the device on the target, e.g. /dev/ram0")
 	unmapCmd := verb("unmap -d /dev/rbdiN", "remove a device, as -r", &o.remove)
@@ -309,6 +311,15 @@ func add(ctx context.Context, cmd *cobra.Command, o *options) error {
 	req := map[string]any{"target": o.addr, "port": o.port, "export": o.dev, "read_only": o.readOnly, "queues": o.queues}
 	if o.noReuse {
 		req["no_reuse"] = true // only then: an older rbdi refuses unknown fields
+	}
+	if o.keyFile != "" {
+		// rbdi reads the file (the key never travels over the socket), from
+		// its own working directory: the path must be absolute
+		p, err := filepath.Abs(o.keyFile)
+		if err != nil {
+			return &usageError{fmt.Errorf("--key-file %s: %v", o.keyFile, err)}
+		}
+		req["key_file"] = p
 	}
 	var d DeviceInfo
 	if err := rbdi(o).Do(ctx, "POST", "/v1/devices", req, &d); err != nil {
