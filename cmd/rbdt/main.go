@@ -32,16 +32,16 @@ const DefaultControl = "/run/rbd/rbdt.sock"
 
 // fileConfig is /etc/rbd/rbdt.toml.
 type fileConfig struct {
-	Listen      []string              `toml:"listen"`
-	MetricsAddr string                `toml:"metrics_addr"`
-	Control     string                `toml:"control_socket"`
-	LogLevel    string                `toml:"log_level"`
-	QueueDepth  int                   `toml:"queue_depth"`
-	SlotSize    int                   `toml:"slot_size"`
-	Inline      *int                  `toml:"inline"`
-	MaxConns    int                   `toml:"max_connections"`
-	IdleTimeout string                `toml:"idle_timeout"`
-	OpenTimeout string                `toml:"open_timeout"`
+	Listen      []string `toml:"listen"`
+	MetricsAddr string   `toml:"metrics_addr"`
+	Control     string   `toml:"control_socket"`
+	LogLevel    string   `toml:"log_level"`
+	QueueDepth  int      `toml:"queue_depth"`
+	SlotSize    int      `toml:"slot_size"`
+	Inline      *int     `toml:"inline"`
+	MaxConns    int      `toml:"max_connections"`
+	IdleTimeout string   `toml:"idle_timeout"`
+	OpenTimeout string   `toml:"open_timeout"`
 	// per initiator address
 	MaxConnsPerPeer      int                   `toml:"max_connections_per_peer"`
 	MaxHandshakesPerPeer int                   `toml:"max_handshakes_per_peer"`

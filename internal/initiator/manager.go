@@ -52,9 +52,9 @@ type Config struct {
 	// authentication, by the target's address or name as devices give it
 	// (rbdi.toml's [[target]]); a device's own KeyFile wins.
 	TargetKeys map[string]string
-	Log                         *slog.Logger
-	Collector                   *stats.Collector
-	Sysfs                       nbd.Sysfs
+	Log        *slog.Logger
+	Collector  *stats.Collector
+	Sysfs      nbd.Sysfs
 	// OnChange, if set, is called (without the manager's lock) after a
 	// device was added or removed or failed: rbdi tells systemd its STATUS=.
 	OnChange func()
