@@ -186,8 +186,47 @@ func rejectOf(t testing.TB, err error) wire.Reject {
 
 // rogueTarget listens at addr and answers each connect with accept (its
 // slot region filled in) and each OPEN with answer(open) → (status, reply
-// payload). It serves until the test ends.
+// payload); other requests get a plain status-0 reply. It serves until the
+// test ends.
 func rogueTarget(t testing.TB, net *memt.Network, addr netip.AddrPort, accept wire.Accept, answer func(acc wire.Accept, o wire.Open) (wire.Status, []byte)) {
+	hostileTarget(t, net, addr, accept, func(acc wire.Accept, rq wire.Request, payload []byte) [][]byte {
+		var st wire.Status
+		var data []byte
+		if rq.Op == wire.OpOpen {
+			o, err := wire.DecodeOpen(payload)
+			if err != nil {
+				return nil
+			}
+			st, data = answer(acc, o)
+		}
+		return [][]byte{replyMsg(wire.Reply{Op: rq.Op, Status: st, Handle: rq.Handle}, data)}
+	})
+}
+
+// replyMsg is a reply header (its Length set from data) followed by data.
+func replyMsg(r wire.Reply, data []byte) []byte {
+	r.Length = uint32(len(data))
+	b := make([]byte, wire.HeaderSize+len(data))
+	r.Encode(b)
+	copy(b[wire.HeaderSize:], data)
+	return b
+}
+
+// hostileTarget listens at addr and answers each connect with accept (its
+// slot region filled in) and each request with the messages handle returns
+// (nil: silence). It serves until the test ends.
+func hostileTarget(t testing.TB, net *memt.Network, addr netip.AddrPort, accept wire.Accept, handle func(acc wire.Accept, rq wire.Request, payload []byte) [][]byte) {
+	hostileTargetRaw(t, net, addr, func(rkey uint32, raddr uint64) (wire.Accept, []byte) {
+		a := accept
+		a.SlotRKey, a.SlotAddr = rkey, raddr
+		b := make([]byte, wire.AcceptSizeV3)
+		return a, b[:a.Encode(b)]
+	}, handle)
+}
+
+// hostileTargetRaw is hostileTarget with the accept's private data made by
+// mkAccept, given the target's slot region: any bytes at all.
+func hostileTargetRaw(t testing.TB, net *memt.Network, addr netip.AddrPort, mkAccept func(rkey uint32, raddr uint64) (wire.Accept, []byte), handle func(acc wire.Accept, rq wire.Request, payload []byte) [][]byte) {
 	t.Helper()
 	ln, err := net.Listen(addr)
 	if err != nil {
@@ -201,30 +240,28 @@ func rogueTarget(t testing.TB, net *memt.Network, addr netip.AddrPort, accept wi
 			if err != nil {
 				return
 			}
-			go rogueServe(t, ctx, req, accept, answer)
+			go hostileServe(t, ctx, req, mkAccept, handle)
 		}
 	}()
 }
 
-func rogueServe(t testing.TB, ctx context.Context, req transport.Request, accept wire.Accept, answer func(wire.Accept, wire.Open) (wire.Status, []byte)) {
+func hostileServe(t testing.TB, ctx context.Context, req transport.Request, mkAccept func(uint32, uint64) (wire.Accept, []byte), handle func(wire.Accept, wire.Request, []byte) [][]byte) {
 	ep, err := req.Endpoint(rawCaps())
 	if err != nil {
 		return
 	}
 	buf, mr := newRawBuffers(t, ep)
 	defer func() { ep.Close(); buf.Close() }()
-	r := &rawPeer{t: t, ep: ep, buf: buf, mr: mr}
 	post := func() {
 		ep.PostRecv([]verbs.RecvWR{{ID: 1, NumSGE: 1, SGE: [verbs.MaxSGE]verbs.SGE{mr.SGE(0, rawArea)}}})
 	}
 	post()
-	accept.SlotRKey, accept.SlotAddr = mr.RKey, mr.Addr()+2*rawArea
-	pd := make([]byte, wire.AcceptSizeV3)
-	n := accept.Encode(pd)
-	if err := ep.Accept(ctx, verbs.ConnParam{PrivateData: pd[:n]}); err != nil {
+	acc, pd := mkAccept(mr.RKey, mr.Addr()+2*rawArea)
+	if err := ep.Accept(ctx, verbs.ConnParam{PrivateData: pd}); err != nil {
 		return
 	}
 	wcs := make([]verbs.WC, 4)
+	var next uint64
 	for ctx.Err() == nil {
 		k, err := ep.Poll(wcs)
 		if err != nil {
@@ -242,22 +279,16 @@ func rogueServe(t testing.TB, ctx context.Context, req transport.Request, accept
 			if err != nil {
 				return
 			}
-			var st wire.Status
-			var payload []byte
-			if rq.Op == wire.OpOpen {
-				o, err := wire.DecodeOpen(b[wire.HeaderSize:])
-				if err != nil {
-					return
-				}
-				st, payload = answer(accept, o)
-			}
+			msgs := handle(acc, rq, append([]byte(nil), b[wire.HeaderSize:]...))
 			post()
-			out := mr.Bytes()[rawArea : 2*rawArea]
-			(&wire.Reply{Op: rq.Op, Status: st, Handle: rq.Handle, Length: uint32(len(payload))}).Encode(out)
-			m := copy(out[wire.HeaderSize:], payload)
-			r.next++
-			ep.PostSend([]verbs.SendWR{{ID: 100 + r.next, Op: verbs.OpSend, Flags: verbs.Signaled | verbs.Solicited, NumSGE: 1,
-				SGE: [verbs.MaxSGE]verbs.SGE{mr.SGE(rawArea, wire.HeaderSize+m)}}})
+			for _, m := range msgs {
+				out := mr.Bytes()[rawArea : 2*rawArea]
+				n := copy(out, m)
+				next++
+				ep.PostSend([]verbs.SendWR{{ID: 100 + next, Op: verbs.OpSend, Flags: verbs.Signaled | verbs.Solicited, NumSGE: 1,
+					SGE: [verbs.MaxSGE]verbs.SGE{mr.SGE(rawArea, n)}}})
+				time.Sleep(5 * time.Millisecond) // one send area: let it go out
+			}
 		}
 		time.Sleep(time.Millisecond)
 	}
