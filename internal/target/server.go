@@ -465,7 +465,7 @@ func (s *Server) handshake(ctx context.Context, req transport.Request) {
 	case n >= s.cfg.MaxConns:
 		refused, why = RefusedConnLimit, fmt.Sprintf("the target serves at most %d connections", s.cfg.MaxConns)
 	default:
-		if claim, refused, why = s.claimPeer(peer.Addr(), int64(depth)*int64(slot)); claim != nil {
+		if claim, refused, why = s.claimPeer(peer.Addr().Unmap(), int64(depth)*int64(slot)); claim != nil {
 			s.handshaking++
 		}
 	}
