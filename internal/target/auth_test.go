@@ -535,3 +535,24 @@ func TestOpenDeadline(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestStatusShowsAuth: the control socket's status names each export's
+// authentication and allow list, and the key only by its id.
+func TestStatusShowsAuth(t *testing.T) {
+	net := memt.New(memt.Options{})
+	key := testKey(t, keyHex)
+	a, b := image(t, imageSize), image(t, imageSize)
+	srv := serve(t, net, nil, target.ExportConfig{Path: a, Key: key, Allow: []string{"10.0.0.0/8"}}, target.ExportConfig{Path: b})
+	byName := map[string]int{}
+	st := srv.Status()
+	for i, e := range st.Exports {
+		byName[e.Name] = i
+	}
+	ea, eb := st.Exports[byName[a]], st.Exports[byName[b]]
+	if ea.Auth != "required" || ea.KeyID != key.ID() || len(ea.Allow) != 1 || strings.Contains(ea.KeyID, keyHex[:8]) {
+		t.Errorf("keyed export: %+v", ea)
+	}
+	if eb.Auth != "" || eb.KeyID != "" || eb.Allow != nil {
+		t.Errorf("plain export: %+v", eb)
+	}
+}

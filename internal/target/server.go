@@ -655,7 +655,11 @@ func (s *Server) Status() api.TargetStatus {
 			Queues: ss.Queues, Conns: ss.Conns, Since: ss.Since})
 	}
 	for _, e := range s.exports.list {
-		st.Exports = append(st.Exports, api.Export{Name: e.Name(), ReadOnly: e.cfg.ReadOnly, Shared: e.cfg.Shared})
+		ex := api.Export{Name: e.Name(), ReadOnly: e.cfg.ReadOnly, Shared: e.cfg.Shared, KeyID: e.cfg.Key.ID(), Allow: e.cfg.Allow}
+		if m := authMode(e); m != "none" {
+			ex.Auth = m
+		}
+		st.Exports = append(st.Exports, ex)
 	}
 	return st
 }
