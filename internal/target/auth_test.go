@@ -556,3 +556,61 @@ func TestStatusShowsAuth(t *testing.T) {
 		t.Errorf("plain export: %+v", eb)
 	}
 }
+
+// TestAuthReconnect: an authenticated session's queues reconnect to a
+// restarted target with the key (new challenges, new proofs) and go on; a
+// target that comes back with another key is refused for good, and the
+// queue fails rather than talking to it.
+func TestAuthReconnect(t *testing.T) {
+	key, other := testKey(t, keyHex), testKey(t, otherHex)
+	for _, tc := range []struct {
+		name     string
+		restart  auth.Key
+		recovers bool
+	}{
+		{"same key", key, true},
+		{"another key", other, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			net := memt.New(memt.Options{})
+			img := image(t, imageSize)
+			start := func(k auth.Key) func() {
+				srv, err := target.NewServer(target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{{Path: img, Key: k}}, Transport: net, Log: quiet()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := srv.Listen(); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan struct{})
+				go func() { srv.Serve(ctx); close(done) }()
+				stop := func() { cancel(); <-done }
+				return stop
+			}
+			stop1 := start(key)
+			sess := dial(t, net, img, 2, fastReconnect(5*time.Second), withKey(key))
+			verify(t, sess)
+			stop1()
+			stop2 := start(tc.restart)
+			defer stop2()
+			q := sess.Queues()[0]
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				st := q.State()
+				if tc.recovers && st.State == client.StateConnected && sess.Stats.Snapshot().Reconnects >= 1 {
+					verify(t, sess)
+					return
+				}
+				if !tc.recovers && st.State == client.StateFailed {
+					if !strings.Contains(st.LastErr, "failed") {
+						t.Fatalf("failed for %q, want the key refusal", st.LastErr)
+					}
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Fatalf("queue state %+v, want recovered %v", q.State(), tc.recovers)
+		})
+	}
+}
