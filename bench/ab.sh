@@ -13,6 +13,8 @@
 # CPU µs and context switches (voluntary + involuntary, all threads) per I/O.
 # Env: AB_REPS (3) AB_DUR (s per run, 8) AB_ADDR (10.77.0.1) AB_DEV (/dev/ram1)
 # AB_WORKLOADS ("rr1 rr32 rw32 sr1m") AB_ARGS_A / AB_ARGS_B (extra rbdi flags)
+# AB_ENV_A / AB_ENV_B (NAME=VALUE ... set for both daemons of A / B: one build
+# can then be compared with itself under two settings)
 set -u
 A=${1:?usage: ab.sh A_BINDIR B_BINDIR [OUT.jsonl]}
 B=${2:?usage: ab.sh A_BINDIR B_BINDIR [OUT.jsonl]}
@@ -48,11 +50,12 @@ proc_counts() {
   echo "$t $c"
 }
 run_one() { # LABEL BINDIR
-  local label=$1 bin=$2 extra
+  local label=$1 bin=$2 extra envs
   [ "$label" = A ] && extra=${AB_ARGS_A:-} || extra=${AB_ARGS_B:-}
-  $bin/rbdt --listen $ADDR --export $DEV --control $W/t.sock > $W/rbdt.$label.log 2>&1 & local tp=$!
+  [ "$label" = A ] && envs=${AB_ENV_A:-} || envs=${AB_ENV_B:-}
+  env $envs $bin/rbdt --listen $ADDR --export $DEV --control $W/t.sock > $W/rbdt.$label.log 2>&1 & local tp=$!
   for i in $(seq 100); do grep -q listening $W/rbdt.$label.log 2>/dev/null && break; sleep 0.1; done
-  $bin/rbdi --control $W/i.sock $extra > $W/rbdi.$label.log 2>&1 & local ip=$!
+  env $envs $bin/rbdi --control $W/i.sock $extra > $W/rbdi.$label.log 2>&1 & local ip=$!
   for i in $(seq 100); do [ -S $W/i.sock ] && break; sleep 0.1; done
   local d
   d=$($bin/rbdctl --socket $W/i.sock -n -a $ADDR -d $DEV 2>&1) || { echo "ab: map failed ($label): $d" >&2; kill $ip $tp; wait; return 1; }

@@ -91,11 +91,19 @@ func checkTree(t *testing.T, dest, prefix, unitDir string) []string {
 			t.Error(err)
 		}
 	}
-	for _, d := range []string{"LICENSE", "CHANGELOG.md", "README.md"} {
-		if got, err := os.ReadFile(filepath.Join(dest, prefix, "share/doc/rbd", d)); err != nil {
+	for _, d := range []string{"LICENSE", "CHANGELOG.md", "README.md", "docs/metrics.md", "docs/operations.md"} {
+		if got, err := os.ReadFile(filepath.Join(dest, prefix, "share/doc/rbd", filepath.Base(d))); err != nil {
 			t.Error(err)
 		} else if want, _ := os.ReadFile(filepath.Join(root, d)); !bytes.Equal(got, want) {
-			t.Errorf("share/doc/rbd/%s is not the tree's %s", d, d)
+			t.Errorf("share/doc/rbd/%s is not the tree's %s", filepath.Base(d), d)
+		}
+	}
+	// the alert rules and the dashboard (docs/metrics.md, operations.md)
+	for _, f := range []string{alertRules, alertTests, scrapeExample, dashboardJSON} {
+		if got, err := os.ReadFile(filepath.Join(dest, prefix, "share/rbd", f)); err != nil {
+			t.Error(err)
+		} else if want, _ := os.ReadFile(filepath.Join(root, "packaging", f)); !bytes.Equal(got, want) {
+			t.Errorf("share/rbd/%s is not the tree's packaging/%s", f, f)
 		}
 	}
 	checkCompletions(t, dest, prefix)
@@ -351,7 +359,7 @@ func TestInstall(t *testing.T) {
 			"usr/local/sbin/rbdt", "usr/local/sbin/rbdi", "usr/local/sbin/rbdctl",
 			"usr/local/lib/systemd/system/rbdt.service", "usr/local/lib/systemd/system/rbdi.service",
 			"usr/local/share/man/man8/rbdt.8", "usr/local/share/man/man8/rbdi.8", "usr/local/share/man/man8/rbdctl.8",
-			"usr/local/share/doc/rbd", "etc/rbd/rbdi.toml",
+			"usr/local/share/doc/rbd", "usr/local/share/rbd", "etc/rbd/rbdi.toml",
 			"usr/local/" + completions[0].path, "usr/local/" + completions[1].path, "usr/local/" + completions[2].path,
 		} {
 			if _, err := os.Lstat(filepath.Join(dest, p)); err == nil {

@@ -1,11 +1,14 @@
 #!/bin/bash
 # deps.sh: install every Debian package that rbd's build, tests, demo and
 # benchmarks need. Idempotent and quiet when everything is already there.
+# prometheus is there for its promtool: packaging's tests check and unit-test
+# the alert rules with it (they skip, saying so, without it).
 set -euo pipefail
 PKGS="gcc gcc-12 libc6-dev make pkg-config git ca-certificates xz-utils
 libibverbs-dev librdmacm-dev rdma-core ibverbs-providers ibverbs-utils rdmacm-utils perftest
 qemu-system-x86 busybox-static kmod cpio gzip iproute2 e2fsprogs util-linux
-fio nbd-client nbd-server nvme-cli gnuplot-nox systemd procps curl groff-base man-db libnbd-bin qemu-utils"
+fio nbd-client nbd-server nvme-cli gnuplot-nox systemd procps curl groff-base man-db libnbd-bin qemu-utils
+prometheus"
 missing=
 for p in $PKGS; do
   dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing="$missing $p"

@@ -468,7 +468,10 @@ func showStats(ctx context.Context, cmd *cobra.Command, o *options) error {
 		return res.Stats.WriteText(w)
 	}
 	// not an initiator device: a target export?
-	var entries []stats.Entry
+	var entries []struct {
+		stats.Entry
+		Peer string `json:"peer,omitempty"` // a session's initiator
+	}
 	terr := rbdt(o).Do(ctx, "GET", "/v1/stats?export="+o.dev, nil, &entries)
 	if terr == nil {
 		if o.output == "json" {
@@ -481,7 +484,7 @@ func showStats(ctx context.Context, cmd *cobra.Command, o *options) error {
 			if e.Labels.Session == "" {
 				fmt.Fprintf(w, "export %s (all sessions):\n", e.Labels.Export)
 			} else {
-				fmt.Fprintf(w, "export %s, session %s:\n", e.Labels.Export, e.Labels.Session)
+				fmt.Fprintf(w, "export %s, session %s (initiator %s):\n", e.Labels.Export, e.Labels.Session, e.Peer)
 			}
 			if err := e.Stats.WriteText(w); err != nil {
 				return err

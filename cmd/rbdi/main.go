@@ -48,6 +48,7 @@ type fileConfig struct {
 	DeadConnTimeout string                 `toml:"dead_conn_timeout"`
 	ReconnectDelay  string                 `toml:"reconnect_delay"`
 	CtrlLossTimeout string                 `toml:"ctrl_loss_timeout"`
+	FastIOFail      string                 `toml:"fast_io_fail_timeout"`
 	Device          []initiator.AddRequest `toml:"device"`
 	Target          []targetConfig         `toml:"target"`
 }
@@ -63,7 +64,7 @@ type options struct {
 	config, metricsAddr, control, logLevel  string
 	queues, depth, maxIO, inline            int
 	timeout, deadConn, keepAlive, kaTimeout time.Duration
-	reconnectDelay, ctrlLoss                time.Duration
+	reconnectDelay, ctrlLoss, fastIOFail    time.Duration
 	noMlock                                 bool
 }
 
@@ -102,6 +103,7 @@ devices through its control socket.`,
 	f.DurationVar(&o.timeout, "timeout", initiator.DefaultTimeout, "kernel per-request timeout (0: none; keep it 0 or above --ctrl-loss-timeout, or the kernel aborts requests during a reconnect)")
 	f.DurationVar(&o.reconnectDelay, "reconnect-delay", client.DefaultReconnectDelay, "wait before reconnecting a lost queue (doubling up to 10s between attempts)")
 	f.DurationVar(&o.ctrlLoss, "ctrl-loss-timeout", client.DefaultCtrlLossTimeout, "how long I/O waits for a lost connection to come back before it fails with EIO (-1s: forever)")
+	f.DurationVar(&o.fastIOFail, "fast-io-fail-timeout", 0, "fail the I/O of a queue that has been reconnecting this long, while it goes on reconnecting up to --ctrl-loss-timeout (0: off)")
 	f.DurationVar(&o.deadConn, "dead-conn-timeout", 0, "how long I/O waits for a new connection when all died (0: fail at once)")
 	f.DurationVar(&o.keepAlive, "keepalive", client.DefaultKeepAlive, "send KEEPALIVE when requests are outstanding and the target was quiet this long")
 	f.DurationVar(&o.kaTimeout, "keepalive-timeout", client.DefaultKeepAliveTimeout, "declare the connection dead when the target stays quiet this much longer")
@@ -181,7 +183,7 @@ func run(cmd *cobra.Command, o *options) error {
 			o.inline = *fc.Inline
 		}
 		for name, s := range map[string]string{"timeout": fc.Timeout, "dead-conn-timeout": fc.DeadConnTimeout,
-			"reconnect-delay": fc.ReconnectDelay, "ctrl-loss-timeout": fc.CtrlLossTimeout} {
+			"reconnect-delay": fc.ReconnectDelay, "ctrl-loss-timeout": fc.CtrlLossTimeout, "fast-io-fail-timeout": fc.FastIOFail} {
 			if s == "" || set(name) {
 				continue
 			}
@@ -198,6 +200,8 @@ func run(cmd *cobra.Command, o *options) error {
 				o.reconnectDelay = d
 			case "ctrl-loss-timeout":
 				o.ctrlLoss = d
+			case "fast-io-fail-timeout":
+				o.fastIOFail = d
 			}
 		}
 		devices = fc.Device
@@ -219,14 +223,14 @@ func run(cmd *cobra.Command, o *options) error {
 	if inline == 0 {
 		inline = -1
 	}
-	coll := stats.NewCollector(stats.RoleInitiator, "nbd", "rdma_device", "interface")
+	coll := stats.NewCollector(stats.RoleInitiator, stats.InitiatorInfoLabels...)
 	build := version.Get()
 	coll.SetBuildInfo(build.Version, build.GoVersion)
 	var m *initiator.Manager
 	status := daemon.NewStatus(ctx)
 	m = initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
 		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
-		ReconnectDelay: o.reconnectDelay, CtrlLossTimeout: o.ctrlLoss, TargetKeys: targetKeys,
+		ReconnectDelay: o.reconnectDelay, CtrlLossTimeout: o.ctrlLoss, FastIOFailTimeout: o.fastIOFail, TargetKeys: targetKeys,
 		Log: log, Collector: coll, OnChange: func() { status.Set(devicesStatus(m)) }})
 	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
 	if err != nil {

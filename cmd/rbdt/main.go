@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -225,7 +226,7 @@ func run(cmd *cobra.Command, o *options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	coll := stats.NewCollector(stats.RoleTarget, "path", "read_only")
+	coll := stats.NewCollector(stats.RoleTarget, stats.TargetInfoLabels...)
 	build := version.Get()
 	coll.SetBuildInfo(build.Version, build.GoVersion)
 	srv, err := target.NewServer(cfg)
@@ -234,26 +235,17 @@ func run(cmd *cobra.Command, o *options) error {
 	}
 	defer srv.Close()
 	for _, e := range srv.Exports() {
-		key := "export:" + e.Name()
-		coll.Add(key, stats.Labels{Export: e.Name()}, e.Stats)
+		if err := addExportMetrics(coll, e); err != nil {
+			return err
+		}
 	}
 	status := daemon.NewStatus(ctx)
-	var smu sync.Mutex
-	sessions := map[string]string{} // session id -> export, for STATUS=
+	sm := newSessionMetrics(coll)
 	srv.OnSession = func(s target.SessionInfo, up bool) {
-		key := "session:" + s.ID
-		smu.Lock()
-		defer smu.Unlock()
-		if up {
-			coll.Add(key, stats.Labels{Export: s.Export, Session: s.ID}, s.Stats)
-			sessions[s.ID] = s.Export
-		} else {
-			coll.Remove(key)
-			delete(sessions, s.ID)
-		}
-		status.Set(daemon.SessionsStatus(slices.Collect(maps.Values(sessions)), len(srv.Exports())))
+		sm.update(s, up)
+		status.Set(daemon.SessionsStatus(sm.exports(), len(srv.Exports())))
 	}
-	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll), metricsAddr, coll, log, newLimitsCollector(srv))
+	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll, sm.peerOf), metricsAddr, coll, log, newLimitsCollector(srv))
 	if err != nil {
 		return err
 	}
@@ -269,17 +261,143 @@ func run(cmd *cobra.Command, o *options) error {
 	return err
 }
 
-func controlHandler(srv *target.Server, coll *stats.Collector) http.Handler {
+// addExportMetrics registers an export's counters, its rbd_device_info and
+// rbd_device_size_bytes (read at scrape time: an export that failed to open
+// at start has them once it opens) and its rbd_device_state.
+func addExportMetrics(coll *stats.Collector, e *target.Export) error {
+	key := "export:" + e.Name()
+	l := stats.Labels{Export: e.Name()}
+	cfg := e.Config()
+	return errors.Join(
+		coll.Add(key, l, e.Stats),
+		coll.AddInfoFunc(key, l, func() (uint64, map[string]string, bool) {
+			size, bs, ok := e.Geometry()
+			if !ok {
+				return 0, nil, false
+			}
+			return uint64(size), map[string]string{"path": cfg.Path, "block_size": strconv.Itoa(bs),
+				"read_only": strconv.FormatBool(cfg.ReadOnly), "shared": strconv.FormatBool(cfg.Shared)}, true
+		}),
+		coll.AddState(key, l, stats.ExportStates, func() string {
+			if _, _, ok := e.Geometry(); ok {
+				return "ready"
+			}
+			return "unavailable"
+		}),
+	)
+}
+
+// ordinals numbers the sessions of each export 1, 2, ...: a new session
+// takes the smallest number free on its export, so the session label of the
+// metrics stays bounded by the sessions open at once.
+type ordinals struct {
+	byExport map[string]map[string]int // export -> session id -> ordinal
+}
+
+func newOrdinals() *ordinals { return &ordinals{byExport: map[string]map[string]int{}} }
+
+// take returns id's ordinal on export, giving it the smallest free one if it
+// has none.
+func (o *ordinals) take(export, id string) int {
+	m := o.byExport[export]
+	if m == nil {
+		m = map[string]int{}
+		o.byExport[export] = m
+	}
+	if n, ok := m[id]; ok {
+		return n
+	}
+	used := map[int]bool{}
+	for _, n := range m {
+		used[n] = true
+	}
+	n := 1
+	for used[n] {
+		n++
+	}
+	m[id] = n
+	return n
+}
+
+// release frees id's ordinal on export.
+func (o *ordinals) release(export, id string) {
+	delete(o.byExport[export], id)
+	if len(o.byExport[export]) == 0 {
+		delete(o.byExport, export)
+	}
+}
+
+// sessionMetrics registers the sessions' counters with the collector. The
+// session id is a credential: it is neither a label nor the collector's key
+// (which rbdctl -s sees); a session is named by its ordinal on its export.
+type sessionMetrics struct {
+	coll *stats.Collector
+
+	mu       sync.Mutex
+	ords     *ordinals
+	exportOf map[string]string // session id -> export, for STATUS=
+	peers    map[string]string // collector key -> the session's initiator, for rbdctl -s
+}
+
+func newSessionMetrics(coll *stats.Collector) *sessionMetrics {
+	return &sessionMetrics{coll: coll, ords: newOrdinals(), exportOf: map[string]string{}, peers: map[string]string{}}
+}
+
+// update registers a session that started (up) or removes one that ended.
+func (sm *sessionMetrics) update(s target.SessionInfo, up bool) {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	n := sm.ords.take(s.Export, s.ID)
+	key := sessionKey(s.Export, n)
+	if up {
+		sm.coll.Add(key, stats.Labels{Export: s.Export, Session: strconv.Itoa(n)}, s.Stats)
+		sm.exportOf[s.ID] = s.Export
+		sm.peers[key] = s.Peer
+		return
+	}
+	sm.coll.Remove(key)
+	sm.ords.release(s.Export, s.ID)
+	delete(sm.exportOf, s.ID)
+	delete(sm.peers, key)
+}
+
+// exports lists the export of every session, one entry per session.
+func (sm *sessionMetrics) exports() []string {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	return slices.Collect(maps.Values(sm.exportOf))
+}
+
+// peerOf returns the initiator of the session whose collector key is key.
+func (sm *sessionMetrics) peerOf(key string) string {
+	sm.mu.Lock()
+	defer sm.mu.Unlock()
+	return sm.peers[key]
+}
+
+// sessionKey is the collector key of export's session number n.
+func sessionKey(export string, n int) string {
+	return "session:" + export + "#" + strconv.Itoa(n)
+}
+
+// StatsEntry is an entry of GET /v1/stats: an export's or a session's
+// counters, and for a session the address of its initiator.
+type StatsEntry struct {
+	stats.Entry
+	Peer string `json:"peer,omitempty"`
+}
+
+func controlHandler(srv *target.Server, coll *stats.Collector, peerOf func(key string) string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		daemon.WriteJSON(w, http.StatusOK, srv.Status())
 	})
 	mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		name := r.URL.Query().Get("export")
-		var out []stats.Entry
+		var out []StatsEntry
 		for _, e := range coll.Entries() {
 			if name == "" || e.Labels.Export == name {
-				out = append(out, e)
+				out = append(out, StatsEntry{Entry: e, Peer: peerOf(e.Key)})
 			}
 		}
 		if name != "" && len(out) == 0 {

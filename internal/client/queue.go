@@ -20,6 +20,10 @@ import (
 // ErrClosed is returned by a closed queue or session.
 var ErrClosed = errors.New("client: closed")
 
+// ErrReconnecting is the error of a command submitted while its queue fails
+// I/O fast (QueueConfig.FastIOFailTimeout).
+var ErrReconnecting = errors.New("client: reconnecting")
+
 // QueueConfig are the wishes a queue connects with; the target may grant less.
 type QueueConfig struct {
 	Depth  int // commands (and slots) in flight
@@ -42,6 +46,11 @@ type QueueConfig struct {
 	ReconnectDelay, ReconnectDelayMax time.Duration
 	CtrlLossTimeout                   time.Duration
 	NoReconnect                       bool
+	// FastIOFailTimeout (like NVMe-oF's fast_io_fail_tmo; 0: off): once a
+	// queue has been reconnecting this long, the commands waiting for it
+	// fail with ESHUTDOWN, and new ones fail at once, while it goes on
+	// reconnecting until CtrlLossTimeout; a new connection ends that.
+	FastIOFailTimeout time.Duration
 }
 
 // Reconnect defaults (like NVMe-oF's reconnect_delay and ctrl_loss_tmo).
@@ -150,7 +159,10 @@ type Queue struct {
 	// failAll (exclusive), which sets ended.
 	subMu sync.RWMutex
 	ended bool
-	seq   atomic.Uint64
+	// failFast: reconnecting for longer than FastIOFailTimeout; commands
+	// fail at once (set and cleared under subMu)
+	failFast bool
+	seq      atomic.Uint64
 
 	conn     atomic.Pointer[qconn]
 	batchEnd atomic.Pointer[func()]

@@ -69,12 +69,19 @@ func (q *Queue) reconnect(lost time.Time, why string) (*qconn, error) {
 			}
 			wait = min(wait, left)
 		}
+		fastAt := lost.Add(cfg.FastIOFailTimeout)
+		if cfg.FastIOFailTimeout > 0 && !q.failingFast() {
+			wait = min(wait, max(0, time.Until(fastAt)))
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-q.stop:
 			t.Stop()
 			return nil, errors.New("closed while reconnecting")
 		case <-t.C:
+		}
+		if cfg.FastIOFailTimeout > 0 && !q.failingFast() && !time.Now().Before(fastAt) {
+			q.failFastNow()
 		}
 		// an attempt may take up to 30 s (a target host that does not answer),
 		// but never past the ctrl-loss-timeout
@@ -100,6 +107,32 @@ func (q *Queue) reconnect(lost time.Time, why string) (*qconn, error) {
 		q.log.Warn("reconnect failed", "attempt", attempt, "err", err)
 		delay = min(2*delay, cfg.ReconnectDelayMax)
 	}
+}
+
+func (q *Queue) failingFast() bool {
+	q.subMu.RLock()
+	defer q.subMu.RUnlock()
+	return q.failFast
+}
+
+// failFastNow fails the commands waiting for a connection (the queue has
+// been reconnecting for FastIOFailTimeout), and from now on new ones at
+// once, until a connection is back. Only while no connection loop runs.
+func (q *Queue) failFastNow() {
+	q.subMu.Lock()
+	q.failFast = true
+	var owed []*Slot
+	for i := range q.slots {
+		if s := &q.slots[i]; s != q.control && s.state.Load() == slotSent {
+			owed = append(owed, s)
+		}
+	}
+	q.subMu.Unlock()
+	q.log.Warn("failing I/O while reconnecting", "after", q.sess.cfg.Queue.FastIOFailTimeout, "failed", len(owed))
+	for _, s := range owed {
+		q.complete(s, Completion{Status: wire.StatusShutdown, recv: -1})
+	}
+	q.runBatchEnd()
 }
 
 // dialOpen makes a new connection and OPENs it with the session's id and
@@ -141,6 +174,10 @@ func (q *Queue) dialOpen(ctx context.Context) (*qconn, error) {
 func (q *Queue) resend(c *qconn) int {
 	q.subMu.Lock()
 	defer q.subMu.Unlock()
+	if q.failFast {
+		q.failFast = false
+		q.log.Info("commands are taken again", "after", "fast-io-fail-timeout")
+	}
 	q.conn.Store(c)
 	var owed []*Slot
 	for i := range q.slots {

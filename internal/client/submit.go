@@ -85,6 +85,9 @@ func (s *Slot) prepare(on *qconn, op wire.Op, flags uint8, offset uint64, length
 	if q.ended {
 		return nil, 0, q.err()
 	}
+	if q.failFast && on == nil {
+		return nil, 0, fmt.Errorf("%w: queue %d has been reconnecting for longer than fast-io-fail-timeout (%v)", ErrReconnecting, q.index, q.sess.cfg.Queue.FastIOFailTimeout)
+	}
 	c := on
 	if c == nil {
 		c = q.conn.Load()

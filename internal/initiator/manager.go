@@ -42,6 +42,9 @@ type Config struct {
 	// default 600 s, negative: forever). NoReconnect fails I/O at once.
 	ReconnectDelay, CtrlLossTimeout time.Duration
 	NoReconnect                     bool
+	// FastIOFailTimeout fails a reconnecting queue's I/O after this long
+	// while it goes on reconnecting (client.QueueConfig; 0: off).
+	FastIOFailTimeout time.Duration
 	// DeadConnTimeout lets I/O wait this long for a new connection when all
 	// have died, instead of failing at once (NBD_ATTR_DEAD_CONN_TIMEOUT).
 	DeadConnTimeout time.Duration
@@ -223,7 +226,8 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Key: key, Log: m.log.With("device", d.Name()), Stats: d.Stats,
 		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline,
 			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout,
-			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect}}
+			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect,
+			FastIOFailTimeout: m.cfg.FastIOFailTimeout}}
 	sess, err := client.Dial(ctx, ccfg)
 	if err == nil && queues > 1 && sess.Export.Caps&wire.CapMultiConn == 0 {
 		// without cross-queue flush visibility the kernel must use one socket
@@ -258,7 +262,8 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	if c := m.cfg.Collector; c != nil {
 		l := stats.Labels{Device: d.Name(), Target: to.String(), Export: req.Export}
 		c.Add(d.Name(), l, d.Stats)
-		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface})
+		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface,
+			"block_size": strconv.Itoa(int(sess.Export.LogicalBlockSize)), "read_only": strconv.FormatBool(d.ReadOnly)})
 		c.AddState(d.Name(), l, DeviceStates, func() string { st, _ := d.State(); return st })
 	}
 	go m.watch(d)

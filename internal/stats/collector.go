@@ -22,8 +22,10 @@ const (
 
 // Labels identify the series of one Counters. The initiator sets Device
 // ("rbdi0"), Target (the target's address) and Export; the target sets Export
-// and, for a session's Counters, Session. Values must be bounded: names, never
-// offsets or other per-request values.
+// and, for a session's Counters, Session: the session's ordinal on its export
+// ("1", "2", ...: the smallest free one when the session opens), never its id,
+// which is a credential. Values must be bounded: names and small numbers, never
+// ids, offsets or other per-request values.
 type Labels struct {
 	Device  string `json:"device,omitempty"`
 	Target  string `json:"target,omitempty"`
@@ -47,7 +49,27 @@ type infoEntry struct {
 	labels Labels
 	size   uint64
 	extra  []string // values of the collector's info labels, in order
+	// fn, when set, gives size and extra at scrape time (AddInfoFunc).
+	fn func() (size uint64, extra map[string]string, ok bool)
 }
+
+// The info labels of the daemons' rbd_device_info: rbdi's (NewCollector(
+// RoleInitiator, InitiatorInfoLabels...)) and rbdt's. They are here so that
+// the tests of the alert rules and the dashboard see what the daemons emit.
+var (
+	// InitiatorInfoLabels: the NBD device ("nbd0"), the local RDMA device
+	// and network interface the connection uses, the logical block size and
+	// whether the device is read-only.
+	InitiatorInfoLabels = []string{"nbd", "rdma_device", "interface", "block_size", "read_only"}
+	// TargetInfoLabels: the exported path, its logical block size, and
+	// whether it is exported read-only and shared.
+	TargetInfoLabels = []string{"path", "block_size", "read_only", "shared"}
+	// ExportStates are the states of a target's rbd_device_state: "ready"
+	// once the export's backend is open, "unavailable" while it could not be
+	// opened (rbdt tries again when an initiator asks for it). The
+	// initiator's are initiator.DeviceStates.
+	ExportStates = []string{"ready", "unavailable"}
+)
 
 // Collector is a prometheus.Collector over a set of Counters (and static
 // device information) registered by key. It builds constant metrics from
@@ -136,7 +158,7 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 	c.resent = desc("rbd_resent_total", "Commands sent again on a new connection after theirs died.")
 	c.info = desc("rbd_device_info", "Static information about a device or export; always 1.", c.infoNames...)
 	c.size = desc("rbd_device_size_bytes", "Size of a device or export in bytes.")
-	c.state = desc("rbd_device_state", "A device's connection state: one series per state, 1 for the current one.", "state")
+	c.state = desc("rbd_device_state", "The state of a device (initiator: its connection) or export (target: its backend): one series per state, 1 for the current one.", "state")
 	c.build = prometheus.NewDesc("rbd_build_info", "The daemon's build: its version and the Go version it was built with; always 1.",
 		[]string{"version", "goversion"}, nil)
 	return c
@@ -236,6 +258,30 @@ func (c *Collector) AddInfo(key string, l Labels, size uint64, extra map[string]
 		}
 	}
 	c.infos[key] = infoEntry{labels: l, size: size, extra: vals}
+	return nil
+}
+
+// AddInfoFunc is AddInfo with the size and the info label values read from
+// f at every scrape, for information that may appear or change after the
+// key is added (a target's export whose backend opens only later). While f
+// reports ok false the key has neither series. Extra keys that are not info
+// labels of the Collector are ignored, and invalid UTF-8 is replaced. f must
+// be cheap and safe for concurrent use.
+func (c *Collector) AddInfoFunc(key string, l Labels, f func() (size uint64, extra map[string]string, ok bool)) error {
+	if f == nil {
+		return errors.New("stats: AddInfoFunc: nil func")
+	}
+	if err := c.checkLabels(l); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.infos {
+		if k != key && e.labels == l {
+			return fmt.Errorf("stats: AddInfoFunc %q: labels %+v already used by %q", key, l, k)
+		}
+	}
+	c.infos[key] = infoEntry{labels: l, fn: f}
 	return nil
 }
 
@@ -378,9 +424,20 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.resent, s.Resent, lv)
 	}
 	for _, e := range infos {
-		lv := c.values(e.labels, len(e.extra))
-		gauge(c.size, float64(e.size), lv)
-		gauge(c.info, 1, append(lv, e.extra...))
+		size, extra := e.size, e.extra
+		if e.fn != nil {
+			sz, m, ok := e.fn()
+			if !ok {
+				continue
+			}
+			size, extra = sz, make([]string, len(c.infoNames))
+			for i, n := range c.infoNames {
+				extra[i] = strings.ToValidUTF8(m[n], "\uFFFD")
+			}
+		}
+		lv := c.values(e.labels, len(extra))
+		gauge(c.size, float64(size), lv)
+		gauge(c.info, 1, append(lv, extra...))
 	}
 }
 

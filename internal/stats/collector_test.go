@@ -481,3 +481,55 @@ func TestDeviceState(t *testing.T) {
 		t.Fatalf("after Remove: %v", got)
 	}
 }
+
+// TestCollectorInfoFunc: information read at scrape time appears once the
+// func reports it, follows its changes, and goes with Remove.
+func TestCollectorInfoFunc(t *testing.T) {
+	col := NewCollector(RoleTarget, TargetInfoLabels...)
+	var mu sync.Mutex
+	size, ok := uint64(0), false
+	l := Labels{Export: "/dev/ram0"}
+	if err := col.AddInfoFunc("export:/dev/ram0", l, func() (uint64, map[string]string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return size, map[string]string{"path": "/dev/ram0", "block_size": "512", "read_only": "false", "shared": "true", "colour": "ignored", "": "x"}, ok
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := col.AddInfoFunc("other", l, func() (uint64, map[string]string, bool) { return 0, nil, true }); err == nil {
+		t.Error("AddInfoFunc with labels another key has: no error")
+	}
+	if err := col.AddInfoFunc("x", l, nil); err == nil {
+		t.Error("AddInfoFunc(nil): no error")
+	}
+	if err := col.AddInfoFunc("x", Labels{Device: "rbdi0"}, func() (uint64, map[string]string, bool) { return 0, nil, true }); err == nil {
+		t.Error("AddInfoFunc with initiator labels on a target: no error")
+	}
+	if n := testutil.CollectAndCount(col, "rbd_device_info", "rbd_device_size_bytes"); n != 0 {
+		t.Fatalf("%d series while the func reports nothing, want 0", n)
+	}
+	lbl := `{block_size="512",export="/dev/ram0",path="/dev/ram0",read_only="false",role="target",session="",shared="true"}`
+	for _, sz := range []uint64{1 << 20, 1 << 30} {
+		mu.Lock()
+		size, ok = sz, true
+		mu.Unlock()
+		want := fmt.Sprintf(`
+# HELP rbd_device_info Static information about a device or export; always 1.
+# TYPE rbd_device_info gauge
+rbd_device_info%s 1
+# HELP rbd_device_size_bytes Size of a device or export in bytes.
+# TYPE rbd_device_size_bytes gauge
+rbd_device_size_bytes{export="/dev/ram0",role="target",session=""} %d
+`, lbl, sz)
+		if err := testutil.CollectAndCompare(col, strings.NewReader(want), "rbd_device_info", "rbd_device_size_bytes"); err != nil {
+			t.Errorf("size %d: %v", sz, err)
+		}
+	}
+	if _, err := pedantic(t, col).Gather(); err != nil {
+		t.Error(err)
+	}
+	col.Remove("export:/dev/ram0")
+	if n := testutil.CollectAndCount(col); n != 0 {
+		t.Errorf("%d series after Remove, want 0", n)
+	}
+}

@@ -44,9 +44,10 @@
 // role ("initiator" or "target") and a fixed set of identity labels per role:
 // device, target and export on the initiator; export and session on the
 // target. On the target, export-level series have session="" (which
-// Prometheus treats as no session label) and session-level series name their
-// session, so aggregate with {session=""} or {session!=""}, never over both.
-// No label ever carries an unbounded value such as an offset.
+// Prometheus treats as no session label) and session-level series carry the
+// session's ordinal on its export ("1", "2", ...; never the session id, a
+// credential), so aggregate with {session=""} or {session!=""}, never over
+// both. No label ever carries an unbounded value such as an offset or an id.
 //
 // The metric names are
 //
@@ -59,6 +60,7 @@
 //	rbd_inflight_requests_max                 gauge
 //	rbd_request_duration_seconds{op}          histogram
 //	rbd_inline_ops_total{op}                  counter (read, write)
+//	rbd_fua_writes_total                      counter
 //	rbd_stalls_total{reason}                  counter (sq_full, no_slot)
 //	rbd_cq_waits_total                        counter
 //	rbd_cq_polled_max                         gauge
@@ -66,6 +68,11 @@
 //	rbd_resent_total                          counter
 //	rbd_device_info{<info labels>}            gauge, always 1
 //	rbd_device_size_bytes                     gauge
+//	rbd_device_state{state}                   gauge, 1 for the current state
+//	rbd_build_info{version,goversion}         gauge, always 1
+//
+// docs/metrics.md describes each for operators, with the daemons' info
+// labels (InitiatorInfoLabels, TargetInfoLabels) and states.
 //
 // NewRegistry puts a Collector on a private registry together with the Go and
 // process collectors, Handler serves a registry with promhttp (OpenMetrics

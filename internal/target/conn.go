@@ -45,6 +45,17 @@ type conn struct {
 	work                    chan int
 	workers                 sync.WaitGroup
 	outstanding             atomic.Int32
+	// requests whose replies are not posted yet (outstanding ends earlier,
+	// when the credit comes back); a DISCONNECT waits, in a worker, for those
+	// before it: quiet is signalled when unposted falls to 1 or the
+	// connection dies
+	unposted  atomic.Int32
+	quietMu   sync.Mutex
+	quiet     *sync.Cond
+	quietWait atomic.Int32 // DISCONNECTs waiting
+	// replies deferred to the batch's post (loop only): they stop being
+	// outstanding after it
+	repliesDeferred int
 
 	// authentication (version 3): this connection's challenge, sent in the
 	// accept; authed once an OPEN proved the export's key; openRefused once
@@ -107,6 +118,7 @@ type connParams struct {
 func newConn(s *Server, req transport.Request, p connParams) (*conn, error) {
 	c := &conn{srv: s, peer: req.RemoteAddr(), version: p.version, depth: p.depth, slotSize: p.slotSize, inline: p.inline,
 		nctx: 2 * p.depth, peerKey: p.peerKey, peerAddr: p.peerAddr, inlineIO: s.cfg.InlineIO, finished: make(chan struct{})}
+	c.quiet = sync.NewCond(&c.quietMu)
 	c.log = s.log.With("peer", c.peer)
 	var err error
 	// each request may need a pushed WRITE and its reply
@@ -165,7 +177,30 @@ func (c *conn) drop(why string) {
 		c.ep.Disconnect()
 		c.dead.Store(true)
 		c.ep.Wakeup()
+		c.signalQuiet()
 	})
+}
+
+// signalQuiet wakes the DISCONNECTs waiting for the requests before them.
+func (c *conn) signalQuiet() {
+	if c.quietWait.Load() == 0 {
+		return
+	}
+	c.quietMu.Lock()
+	c.quiet.Broadcast()
+	c.quietMu.Unlock()
+}
+
+// awaitQuiet waits until the calling request is the only one outstanding,
+// or the connection is dead.
+func (c *conn) awaitQuiet() {
+	c.quietMu.Lock()
+	c.quietWait.Add(1)
+	for c.unposted.Load() > 1 && !c.dead.Load() {
+		c.quiet.Wait()
+	}
+	c.quietWait.Add(-1)
+	c.quietMu.Unlock()
 }
 
 // drain stops the connection taking requests and waits (at most timeout)
@@ -174,7 +209,7 @@ func (c *conn) drop(why string) {
 func (c *conn) drain(timeout time.Duration) {
 	c.draining.Store(true)
 	deadline := time.Now().Add(timeout)
-	for c.outstanding.Load() > 0 && !c.dead.Load() && time.Now().Before(deadline) {
+	for c.unposted.Load() > 0 && !c.dead.Load() && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	time.Sleep(20 * time.Millisecond)

@@ -602,3 +602,52 @@ func benchIO(b *testing.B, op wire.Op, n int) {
 		})
 	}
 }
+
+// TestDisconnectWaitsForEarlier: a DISCONNECT is answered only once the
+// requests before it are (it waits in a worker, without spinning): a WRITE
+// that the backend holds for 300 ms completes with success, and its data is
+// in the image, although the session was closed while it ran.
+func TestDisconnectWaitsForEarlier(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	started := make(chan struct{}, 1)
+	serve(t, net, func(c *target.Config) {
+		c.InlineIO = -1 // every READ and WRITE in a worker
+		c.BeforeIO = func(op wire.Op, off uint64) {
+			if op == wire.OpWrite {
+				started <- struct{}{}
+				time.Sleep(300 * time.Millisecond)
+			}
+		}
+	}, target.ExportConfig{Path: img})
+	sess := dial(t, net, img, 1)
+	q := sess.Queues()[0]
+	s, err := q.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := random(rand.New(rand.NewPCG(5, 6)), 8192)
+	copy(s.Buf, data)
+	got := make(chan wire.Status, 1)
+	if err := s.Submit(wire.OpWrite, 0, 0, uint32(len(data)), func(_ *client.Slot, c client.Completion) {
+		c.Release()
+		got <- c.Status
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	t0 := time.Now()
+	sess.Close() // DISCONNECT while the WRITE runs
+	select {
+	case st := <-got:
+		if st != wire.StatusOK {
+			t.Fatalf("the WRITE before DISCONNECT: %v", st)
+		}
+	default:
+		t.Fatalf("Close returned (after %v) before the WRITE before its DISCONNECT completed", time.Since(t0))
+	}
+	s.Release()
+	if !bytes.Equal(fileAt(t, img, 0, len(data)), data) {
+		t.Fatal("the WRITE's data is not in the image")
+	}
+}

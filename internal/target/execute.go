@@ -48,9 +48,7 @@ func (c *conn) execute(i int, inLoop bool) {
 		err = c.be.WriteZeroes(int64(r.Offset), int64(r.Length), r.Flags&wire.FlagNoUnmap == 0)
 	case wire.OpDisconnect:
 		// answered once every earlier request is: wait for them
-		for c.outstanding.Load() > 1 && !c.dead.Load() {
-			time.Sleep(100 * time.Microsecond)
-		}
+		c.awaitQuiet()
 	}
 	if r.Op == wire.OpRead || r.Op == wire.OpWrite {
 		// a moving average (1/8) of the backend's time per request decides
@@ -154,12 +152,25 @@ func (c *conn) reply(i int, st wire.Status, n int, push, deferred bool) {
 	} else if c.ep.MaxInlineData() >= wire.HeaderSize {
 		w.Flags |= verbs.Inline
 	}
+	// The credit comes back now (the initiator may send again as soon as
+	// it sees the reply); the request counts as unposted until its reply is
+	// posted, so that a DISCONNECT's reply (which waits for unposted to fall
+	// to 1) never overtakes it: deferred, after the batch's post (BatchEnd).
 	c.outstanding.Add(-1)
 	if deferred {
 		c.ring.Defer(x.wrs[:k+1]...)
+		c.repliesDeferred++
 		return
 	}
 	if err := c.ring.Post(x.wrs[:k+1]); err != nil && !c.dead.Load() {
 		c.drop("post send: " + err.Error())
+	}
+	c.posted(1)
+}
+
+// posted counts n replies as posted.
+func (c *conn) posted(n int) {
+	if c.unposted.Add(-int32(n)) <= 1 {
+		c.signalQuiet()
 	}
 }

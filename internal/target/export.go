@@ -187,6 +187,18 @@ func (e *Export) Name() string { return e.cfg.Path }
 // Config returns the export's configuration.
 func (e *Export) Config() ExportConfig { return e.cfg }
 
+// Geometry returns the size in bytes and the logical block size of the
+// export's backend, and false while the backend is not open (it could not be
+// opened at start and no initiator has opened it since). For metrics.
+func (e *Export) Geometry() (size int64, blockSize int, ok bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.be == nil {
+		return 0, 0, false
+	}
+	return e.be.Size(), e.be.LogicalBlockSize(), true
+}
+
 func (e *Export) open() (*backend.Backend, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -34,6 +34,12 @@ func (c *conn) loop() {
 				c.drop("post: " + err.Error())
 			}
 		},
+		BatchEnd: func() {
+			if n := c.repliesDeferred; n > 0 {
+				c.repliesDeferred = 0
+				c.posted(n)
+			}
+		},
 	})
 	if err != nil && !errors.Is(err, verbs.ErrClosed) {
 		c.drop("completion queue: " + err.Error())
@@ -90,6 +96,7 @@ func (c *conn) received(i, n int) {
 		c.violation("more than %d requests outstanding", c.depth)
 		return
 	}
+	c.unposted.Add(1)
 	x := &c.ctxs[i]
 	x.req, x.payload = r, n-wire.HeaderSize
 	if c.sess == nil {

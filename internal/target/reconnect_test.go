@@ -3,6 +3,7 @@ package target_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -312,4 +313,53 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("WRITE of a new session after the silent one was dropped: %v", st)
 	}
 	_ = dead
+}
+
+// TestFastIOFail: with a fast-io-fail-timeout of 300 ms and the target
+// gone, a command waiting for the reconnect fails after about 300 ms, new
+// ones fail at once, the queue goes on reconnecting (it is not failed), and
+// once a target is back, I/O works again on the same queue.
+func TestFastIOFail(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	_, stop := serveStoppable(t, net, img)
+	sess := dial(t, net, img, 1, fastReconnect(time.Minute), func(c *client.Config) {
+		c.Queue.FastIOFailTimeout = 300 * time.Millisecond
+	})
+	q := sess.Queues()[0]
+	data := bytes.Repeat([]byte{0x3c}, 4096)
+	if _, st := do(t, q, wire.OpWrite, 0, 0, data, 0); st != wire.StatusOK {
+		t.Fatalf("WRITE: %v", st)
+	}
+	stop()
+	t0 := time.Now()
+	_, st := do(t, q, wire.OpRead, 0, 0, nil, 4096)
+	el := time.Since(t0)
+	if st != wire.StatusShutdown || el < 250*time.Millisecond || el > 5*time.Second {
+		t.Fatalf("READ with the target gone: %v after %v, want ESHUTDOWN after about 300ms", st, el)
+	}
+	s, err := q.Acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = s.Submit(wire.OpRead, 0, 0, 4096, func(*client.Slot, client.Completion) { t.Error("a refused command completed") })
+	s.Release()
+	if !errors.Is(err, client.ErrReconnecting) {
+		t.Fatalf("a command submitted while failing fast: %v, want ErrReconnecting", err)
+	}
+	if st := q.State(); st.State != client.StateReconnecting {
+		t.Fatalf("while failing fast the queue is %+v, want reconnecting", st)
+	}
+	serve(t, net, nil, target.ExportConfig{Path: img})
+	deadline := time.Now().Add(10 * time.Second)
+	for q.State().State != client.StateConnected {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect: %+v", q.State())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got, st := do(t, q, wire.OpRead, 0, 0, nil, 4096)
+	if st != wire.StatusOK || !bytes.Equal(got, data) {
+		t.Fatalf("READ after the reconnect: %v", st)
+	}
 }

@@ -60,6 +60,7 @@ func freePort(t *testing.T) string {
 }
 
 type daemonOpts struct {
+	addr     string   // the target's address (default: the transport's, RBD_TEST_ADDR)
 	exports  []string // rbdt --export values; none: no rbdt
 	rbdiArgs []string
 	noRbdi   bool
@@ -70,6 +71,9 @@ type daemonOpts struct {
 func startDaemons(t *testing.T, o daemonOpts) *daemons {
 	t.Helper()
 	_, addr, _ := env(t)
+	if o.addr != "" {
+		addr = o.addr
+	}
 	d := &daemons{t: t, bin: binDir(t), addr: addr, dir: t.TempDir()}
 	d.tsock = filepath.Join(d.dir, "rbdt.sock")
 	d.isock = filepath.Join(d.dir, "rbdi.sock")
