@@ -81,9 +81,9 @@ func TestLimitsCollector(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	c := newLimitsCollector(srv)
-	if n := testutil.CollectAndCount(c, "rbd_target_refused_total"); n != len(refusalReasons) {
-		t.Fatalf("%d refusal series, want %d", n, len(refusalReasons))
+	c := target.LimitsCollector(srv.Usage)
+	if n := testutil.CollectAndCount(c, "rbd_target_refused_total"); n != len(target.RefusalReasons) {
+		t.Fatalf("%d refusal series, want %d", n, len(target.RefusalReasons))
 	}
 	if err := testutil.CollectAndCompare(c, strings.NewReader(`
 # HELP rbd_target_refused_total Connections and OPENs refused, by reason: connection_limit, peer_connections, peer_handshakes, peer_memory, not_allowed, auth_required, auth_failed, open_timeout.

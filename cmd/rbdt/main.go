@@ -245,7 +245,7 @@ func run(cmd *cobra.Command, o *options) error {
 		sm.update(s, up)
 		status.Set(daemon.SessionsStatus(sm.exports(), len(srv.Exports())))
 	}
-	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll, sm.peerOf), metricsAddr, coll, log, newLimitsCollector(srv))
+	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll, sm.peerOf), metricsAddr, coll, log, target.LimitsCollector(srv.Usage))
 	if err != nil {
 		return err
 	}

@@ -1,20 +1,20 @@
-package main
+package target
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
-
-	"rbd/internal/target"
 )
 
 // limitsCollector serves the target's per-peer limits: what each initiator
 // address holds now, and what was refused since start, by reason.
 type limitsCollector struct {
-	srv                              *target.Server
+	usage                            func() Usage
 	conns, handshakes, pinned, refus *prometheus.Desc
 }
 
-func newLimitsCollector(srv *target.Server) *limitsCollector {
-	return &limitsCollector{srv: srv,
+// LimitsCollector serves usage's per-peer counts and refusals as the
+// rbd_target_peer_* and rbd_target_refused_total metrics (rbdt: Server.Usage).
+func LimitsCollector(usage func() Usage) prometheus.Collector {
+	return &limitsCollector{usage: usage,
 		conns:      prometheus.NewDesc("rbd_target_peer_connections", "Connections of an initiator address, from the connect request on (limit: --max-connections-per-peer).", []string{"peer"}, nil),
 		handshakes: prometheus.NewDesc("rbd_target_peer_handshakes", "Connections of an initiator address not OPENed yet (limit: --max-handshakes-per-peer).", []string{"peer"}, nil),
 		pinned:     prometheus.NewDesc("rbd_target_peer_pinned_bytes", "Slot memory registered for an initiator address's connections (limit: --max-pinned-per-peer).", []string{"peer"}, nil),
@@ -23,9 +23,10 @@ func newLimitsCollector(srv *target.Server) *limitsCollector {
 	}
 }
 
-// refusalReasons are always present, 0 until one happens.
-var refusalReasons = []string{target.RefusedConnLimit, target.RefusedPeerConns, target.RefusedPeerHandshakes, target.RefusedPeerMemory,
-	target.RefusedNotAllowed, target.RefusedAuthRequired, target.RefusedAuthFailed, target.RefusedOpenTimeout}
+// RefusalReasons are the reasons of rbd_target_refused_total, each always
+// present (0 until one happens).
+var RefusalReasons = []string{RefusedConnLimit, RefusedPeerConns, RefusedPeerHandshakes, RefusedPeerMemory,
+	RefusedNotAllowed, RefusedAuthRequired, RefusedAuthFailed, RefusedOpenTimeout}
 
 func (l *limitsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- l.conns
@@ -35,14 +36,14 @@ func (l *limitsCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (l *limitsCollector) Collect(ch chan<- prometheus.Metric) {
-	u := l.srv.Usage()
+	u := l.usage()
 	for _, p := range u.Peers {
 		a := p.Addr.String()
 		ch <- prometheus.MustNewConstMetric(l.conns, prometheus.GaugeValue, float64(p.Conns), a)
 		ch <- prometheus.MustNewConstMetric(l.handshakes, prometheus.GaugeValue, float64(p.Handshakes), a)
 		ch <- prometheus.MustNewConstMetric(l.pinned, prometheus.GaugeValue, float64(p.PinnedBytes), a)
 	}
-	for _, r := range refusalReasons {
+	for _, r := range RefusalReasons {
 		ch <- prometheus.MustNewConstMetric(l.refus, prometheus.CounterValue, float64(u.Refused[r]), r)
 	}
 }
