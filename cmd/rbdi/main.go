@@ -34,6 +34,10 @@ const DefaultMetricsPort = 9466
 // DefaultControl is rbdi's control socket.
 const DefaultControl = "/run/rbd/rbdi.sock"
 
+// DefaultStateDir keeps the devices' state across restarts (the unit's
+// StateDirectory=rbd).
+const DefaultStateDir = "/var/lib/rbd"
+
 // fileConfig is /etc/rbd/rbdi.toml: settings and the persistent devices,
 // mapped again at start in file order.
 type fileConfig struct {
@@ -49,6 +53,8 @@ type fileConfig struct {
 	ReconnectDelay  string                 `toml:"reconnect_delay"`
 	CtrlLossTimeout string                 `toml:"ctrl_loss_timeout"`
 	FastIOFail      string                 `toml:"fast_io_fail_timeout"`
+	StateDir        *string                `toml:"state_dir"`
+	RemoveOnExit    bool                   `toml:"remove_on_exit"`
 	Device          []initiator.AddRequest `toml:"device"`
 	Target          []targetConfig         `toml:"target"`
 }
@@ -65,7 +71,8 @@ type options struct {
 	queues, depth, maxIO, inline            int
 	timeout, deadConn, keepAlive, kaTimeout time.Duration
 	reconnectDelay, ctrlLoss, fastIOFail    time.Duration
-	noMlock                                 bool
+	noMlock, removeOnExit                   bool
+	stateDir                                string
 }
 
 func main() {
@@ -100,11 +107,13 @@ devices through its control socket.`,
 	f.IntVar(&o.depth, "queue-depth", 128, "requests in flight per queue")
 	f.IntVar(&o.maxIO, "max-io", 256<<10, "largest request per RDMA operation in bytes (the target may grant less)")
 	f.IntVar(&o.inline, "inline", 4096, "largest I/O carried inline in messages, bytes (-1: never)")
-	f.DurationVar(&o.timeout, "timeout", initiator.DefaultTimeout, "kernel per-request timeout (0: none; keep it 0 or above --ctrl-loss-timeout, or the kernel aborts requests during a reconnect)")
+	f.DurationVar(&o.timeout, "timeout", initiator.DefaultTimeout, "kernel per-request timeout: a request unanswered this long is sent again on a new socket (-1s: none)")
 	f.DurationVar(&o.reconnectDelay, "reconnect-delay", client.DefaultReconnectDelay, "wait before reconnecting a lost queue (doubling up to 10s between attempts)")
 	f.DurationVar(&o.ctrlLoss, "ctrl-loss-timeout", client.DefaultCtrlLossTimeout, "how long I/O waits for a lost connection to come back before it fails with EIO (-1s: forever)")
 	f.DurationVar(&o.fastIOFail, "fast-io-fail-timeout", 0, "fail the I/O of a queue that has been reconnecting this long, while it goes on reconnecting up to --ctrl-loss-timeout (0: off)")
-	f.DurationVar(&o.deadConn, "dead-conn-timeout", 0, "how long I/O waits for a new connection when all died (0: fail at once)")
+	f.DurationVar(&o.deadConn, "dead-conn-timeout", initiator.DefaultDeadConnTimeout, "how long a device's I/O waits for new NBD sockets when all died: rbdi stopped or restarting (-1s: fail at once)")
+	f.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "keep each device's state here, so that a restarted rbdi adopts the devices the old one left (\"\": none)")
+	f.BoolVar(&o.removeOnExit, "remove-on-exit", false, "on SIGTERM remove the devices (flushing each; those in use stay) instead of leaving them for the next rbdi")
 	f.DurationVar(&o.keepAlive, "keepalive", client.DefaultKeepAlive, "send KEEPALIVE when requests are outstanding and the target was quiet this long")
 	f.DurationVar(&o.kaTimeout, "keepalive-timeout", client.DefaultKeepAliveTimeout, "declare the connection dead when the target stays quiet this much longer")
 	f.BoolVar(&o.noMlock, "no-mlock", false, "do not lock the daemon's memory (not safe under memory pressure)")
@@ -182,6 +191,12 @@ func run(cmd *cobra.Command, o *options) error {
 		if !set("inline") && fc.Inline != nil {
 			o.inline = *fc.Inline
 		}
+		if !set("state-dir") && fc.StateDir != nil {
+			o.stateDir = *fc.StateDir
+		}
+		if !set("remove-on-exit") && fc.RemoveOnExit {
+			o.removeOnExit = true
+		}
 		for name, s := range map[string]string{"timeout": fc.Timeout, "dead-conn-timeout": fc.DeadConnTimeout,
 			"reconnect-delay": fc.ReconnectDelay, "ctrl-loss-timeout": fc.CtrlLossTimeout, "fast-io-fail-timeout": fc.FastIOFail} {
 			if s == "" || set(name) {
@@ -228,22 +243,34 @@ func run(cmd *cobra.Command, o *options) error {
 	coll.SetBuildInfo(build.Version, build.GoVersion)
 	var m *initiator.Manager
 	status := daemon.NewStatus(ctx)
+	deadConn := max(o.deadConn, 0)
 	m = initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
-		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
+		StateDir: o.stateDir, RemoveOnExit: o.removeOnExit, Timeout: o.timeout, DeadConnTimeout: deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
 		ReconnectDelay: o.reconnectDelay, CtrlLossTimeout: o.ctrlLoss, FastIOFailTimeout: o.fastIOFail, TargetKeys: targetKeys,
 		Log: log, Collector: coll, OnChange: func() { status.Set(devicesStatus(m)) }})
+	if err := m.OpenState(); err != nil {
+		if errors.Is(err, initiator.ErrStateLocked) {
+			return err
+		}
+		log.Warn("no device state kept: a restarted rbdi will not adopt the devices", "err", err)
+	}
 	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
 	if err != nil {
 		return err
 	}
 	defer stopServices()
+	m.Adopt(ctx) // the devices an earlier rbdi left
 	for _, req := range devices { // persistent devices, in file order
 		actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		d, err := m.Add(actx, req)
 		cancel()
 		var me *initiator.MappedError
 		if errors.As(err, &me) {
-			log.Warn("persistent device listed twice: mapped once", "device", me.Device.Path(), "target", req.Target, "export", req.Export)
+			if me.Device.Adopted() {
+				log.Info("persistent device adopted", "device", me.Device.Path(), "target", req.Target, "export", req.Export)
+			} else {
+				log.Warn("persistent device listed twice: mapped once", "device", me.Device.Path(), "target", req.Target, "export", req.Export)
+			}
 			continue
 		}
 		if err != nil {
@@ -256,7 +283,11 @@ func run(cmd *cobra.Command, o *options) error {
 	go daemon.Watchdog(ctx, daemon.SelfCheck(control))
 	<-ctx.Done()
 	daemon.Notify("STOPPING=1")
-	log.Info("stopping: removing devices")
+	if o.stateDir != "" && !o.removeOnExit {
+		log.Info("stopping: leaving the devices for the next rbdi")
+	} else {
+		log.Info("stopping: removing devices")
+	}
 	m.Close()
 	return nil
 }

@@ -113,7 +113,9 @@ func (q *Queue) complete(s *Slot, c Completion) {
 			bytes = int(s.req.Length)
 		}
 		kind := stats.ErrNone
-		if c.Status != wire.StatusOK {
+		if c.withdrawn { // not an error anyone sees: it is sent again
+			bytes = 0
+		} else if c.Status != wire.StatusOK {
 			kind = stats.ErrRemote
 			if c.Status == wire.StatusShutdown {
 				kind = stats.ErrTransport

@@ -70,6 +70,8 @@ type Completion struct {
 	Data []byte
 	ring *ring.Ring
 	recv int // receive context holding Data, or -1
+	// withdrawn: given up by Queue.Withdraw
+	withdrawn bool
 }
 
 // Release gives a reply's receive buffer back to the queue; it must be called
@@ -92,6 +94,9 @@ type Slot struct {
 	// Buf is the slot's local buffer: fill it before a WRITE; a READ's data
 	// lands here.
 	Buf []byte
+	// Owner is the holder's tag for Queue.Withdraw (rbdi: the NBD request
+	// the command belongs to; 0: none); Acquire clears it.
+	Owner uint64
 
 	// command in flight
 	state atomic.Int32
@@ -393,6 +398,7 @@ func (q *Queue) TryAcquire() *Slot {
 
 func (q *Queue) take(i int) *Slot {
 	s := &q.slots[i]
+	s.Owner = 0
 	s.state.Store(slotHeld)
 	return s
 }

@@ -136,18 +136,69 @@ func (q *Queue) failingFast() bool {
 func (q *Queue) failFastNow() {
 	q.subMu.Lock()
 	q.failFast = true
-	var owed []*Slot
-	for i := range q.slots {
-		if s := &q.slots[i]; s != q.control && s.state.Load() == slotSent {
-			owed = append(owed, s)
-		}
-	}
+	owed := q.takeWaitingLocked(func(*Slot) bool { return true })
 	q.subMu.Unlock()
 	q.log.Warn("failing I/O while reconnecting", "after", q.sess.cfg.Queue.FastIOFailTimeout, "failed", len(owed))
 	for _, s := range owed {
 		q.complete(s, Completion{Status: wire.StatusShutdown, recv: -1})
 	}
 	q.runBatchEnd()
+}
+
+// takeWaitingLocked takes the commands that want (other than control
+// commands) which are owed a reply, marking them held so that nothing else
+// completes or resends them: the caller completes them. Under subMu
+// (exclusive), while no connection's loop runs.
+func (q *Queue) takeWaitingLocked(want func(*Slot) bool) []*Slot {
+	var owed []*Slot
+	for i := range q.slots {
+		if s := &q.slots[i]; s != q.control && s.state.Load() == slotSent && want(s) && s.state.CompareAndSwap(slotSent, slotHeld) {
+			owed = append(owed, s)
+		}
+	}
+	return owed
+}
+
+// Withdraw gives up the commands of owner (Slot.Owner) that wait for a
+// connection: while the queue reconnects, its commands went out on no live
+// connection, and the target finishes what the old one carried before it
+// answers the next (docs/protocol.md), so a command withdrawn now never runs
+// after anything sent later. Their done functions run now, in this
+// goroutine, with ESHUTDOWN. It reports how many it withdrew, and how many
+// of owner's commands are still out on a live connection (those complete as
+// usual). rbdi withdraws the requests of a kernel NBD socket that the
+// kernel gave up on: it sends them again on the socket that replaces it.
+func (q *Queue) Withdraw(owner uint64) (withdrawn, live int) {
+	if owner == 0 {
+		return 0, 0
+	}
+	q.subMu.Lock()
+	var owed []*Slot
+	c := q.conn.Load()
+	stopped := c == nil
+	if c != nil {
+		select {
+		case <-c.stopped:
+			stopped = true
+		default:
+		}
+	}
+	if stopped && !q.ended {
+		owed = q.takeWaitingLocked(func(s *Slot) bool { return s.Owner == owner })
+	}
+	for i := range q.slots {
+		if s := &q.slots[i]; s != q.control && s.state.Load() == slotSent && s.Owner == owner {
+			live++
+		}
+	}
+	q.subMu.Unlock()
+	for _, s := range owed {
+		q.complete(s, Completion{Status: wire.StatusShutdown, recv: -1, withdrawn: true})
+	}
+	if len(owed) > 0 {
+		q.runBatchEnd()
+	}
+	return len(owed), live
 }
 
 // dialOpen makes a new connection and OPENs it with the session's id and

@@ -44,19 +44,37 @@ type Device struct {
 
 	log   *slog.Logger
 	sess  *client.Session
-	conns []*nbd.Conn // the kernel's sockets, one per queue
+	kfs   []*kfront // the kernel's sockets, one per queue (kernel.go)
 	ctx   context.Context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 	state atomic.Value // string
 	why   atomic.Value // string
 	pool  sync.Pool
+	// closing: the kernel device is being disconnected (removal) or left
+	// (rbdi stops): a socket that ends is not replaced.
+	closing atomic.Bool
+	// backend is the kernel device's backend identifier; req the request
+	// the device was added with (its state file keeps both).
+	backend string
+	req     AddRequest
+	adopted bool
+	saved   bool // its state file is written: it can be left for the next rbdi
+	// writes: the kernel's WRITE, TRIM and WRITE_ZEROES requests in flight,
+	// by the kernel's tag (kernel.go, resendGuard).
+	writes resendGuard
+	tokens atomic.Uint64
+	// traceKernel: log (debug) this many more kernel requests
+	traceKernel atomic.Int32
 
 	// kernel: the device has a kernel NBD device (/dev/nbdX, /dev/rbdiN);
 	// sock serves its NBD socket (nil: none).
 	kernel bool
 	sock   *sockServer
 }
+
+// Adopted reports whether this rbdi adopted the device from an earlier one.
+func (d *Device) Adopted() bool { return d.adopted }
 
 // Name is the device's name, rbdiN.
 func (d *Device) Name() string { return "rbdi" + itoa(d.Num) }
@@ -148,6 +166,10 @@ type request struct {
 	q      *client.Queue
 	handle uint64
 	op     wire.Op
+	// guarded: the request is in d.writes (a kernel socket's write)
+	guarded bool
+	// token names this use of the (pooled) request as its slots' Owner
+	token atomic.Uint64
 
 	pending atomic.Int32
 	status  atomic.Uint32
@@ -170,9 +192,10 @@ func (d *Device) newRequest() *request {
 }
 
 // serve carries NBD requests from one NBD socket (the kernel's, or a socket
-// client's) to one RDMA queue until the other end disconnects.
-func (d *Device) serve(conn *nbd.Conn, q *client.Queue) {
-	defer d.wg.Done()
+// client's) to one RDMA queue until the other end disconnects. kernel: the
+// socket is the kernel's, whose resent requests are ordered after the
+// copies rbdi still holds (resendGuard).
+func (d *Device) serve(conn *nbd.Conn, q *client.Queue, kernel bool) {
 	for {
 		// Commands are staged and posted in one chain per burst of requests:
 		// post the batch before a read that may wait.
@@ -190,23 +213,29 @@ func (d *Device) serve(conn *nbd.Conn, q *client.Queue) {
 			conn.Reply(r.Handle, errno, nil, nil)
 			continue
 		}
+		if kernel && d.traceKernel.Load() > 0 && d.traceKernel.Add(-1) >= 0 {
+			d.log.Debug("kernel request", "queue", q.Index(), "type", r.Type, "handle", fmt.Sprintf("%#x", r.Handle))
+		}
+		if kernel && modifies(r.Type) {
+			d.writes.await(r.Handle, d, q)
+		}
 		switch r.Type {
 		case nbd.CmdDisc:
 			return
 		case nbd.CmdRead:
 			d.read(conn, q, r)
 		case nbd.CmdWrite:
-			d.write(conn, q, r)
+			d.write(conn, q, r, kernel)
 		case nbd.CmdFlush:
-			d.simple(conn, q, r, wire.OpFlush, 0)
+			d.simple(conn, q, r, wire.OpFlush, 0, kernel)
 		case nbd.CmdTrim:
-			d.simple(conn, q, r, wire.OpTrim, 0)
+			d.simple(conn, q, r, wire.OpTrim, 0, kernel)
 		case nbd.CmdWriteZeroes:
 			var f uint8
 			if r.Flags&nbd.CmdFlagNoHole != 0 {
 				f = wire.FlagNoUnmap
 			}
-			d.simple(conn, q, r, wire.OpWriteZeroes, f)
+			d.simple(conn, q, r, wire.OpWriteZeroes, f, kernel)
 		default:
 			conn.Reply(r.Handle, nbd.EINVAL, nil, nil)
 		}
@@ -223,7 +252,7 @@ func errnoOf(st wire.Status) uint32 {
 	return nbd.ErrnoFor(st.Err())
 }
 
-func (d *Device) begin(conn *nbd.Conn, q *client.Queue, handle uint64, op wire.Op, chunks int) *request {
+func (d *Device) begin(conn *nbd.Conn, q *client.Queue, handle uint64, op wire.Op, chunks int, kernel bool) *request {
 	r := d.newRequest()
 	r.conn, r.q, r.handle, r.op = conn, q, handle, op
 	r.status.Store(0)
@@ -231,6 +260,12 @@ func (d *Device) begin(conn *nbd.Conn, q *client.Queue, handle uint64, op wire.O
 	r.slots = r.slots[:0]
 	r.comps = r.comps[:0]
 	r.pieces = r.pieces[:0]
+	r.guarded = kernel && op != wire.OpRead && op != wire.OpFlush && d.writes.hold(handle, r)
+	if r.guarded { // only these are ever withdrawn
+		r.token.Store(d.tokens.Add(1))
+	} else {
+		r.token.Store(0)
+	}
 	return r
 }
 
@@ -238,20 +273,28 @@ func (r *request) fail(st wire.Status) {
 	r.status.CompareAndSwap(0, uint32(st))
 }
 
-// acquire takes a slot of q or fails the request when the queue is gone.
-// Before it waits for a slot, the staged commands go out (they hold slots).
-func (d *Device) acquire(q *client.Queue) (*client.Slot, error) {
-	if s := q.TryAcquire(); s != nil {
-		return s, nil
+// acquire takes a slot of q for request r (its owner, for
+// Queue.Withdraw) or fails when the queue is gone. Before it waits for a
+// slot, the staged commands go out (they hold slots).
+func (d *Device) acquire(q *client.Queue, r *request) (*client.Slot, error) {
+	s := q.TryAcquire()
+	if s == nil {
+		q.Kick()
+		var err error
+		if s, err = q.Acquire(d.ctx); err != nil {
+			return nil, err
+		}
 	}
-	q.Kick()
-	return q.Acquire(d.ctx)
+	if r != nil {
+		s.Owner = r.token.Load()
+	}
+	return s, nil
 }
 
 // simple sends a command without data (FLUSH, TRIM, WRITE_ZEROES).
-func (d *Device) simple(conn *nbd.Conn, q *client.Queue, nr nbd.Request, op wire.Op, flags uint8) {
-	r := d.begin(conn, q, nr.Handle, op, 1)
-	s, err := d.acquire(q)
+func (d *Device) simple(conn *nbd.Conn, q *client.Queue, nr nbd.Request, op wire.Op, flags uint8, kernel bool) {
+	r := d.begin(conn, q, nr.Handle, op, 1, kernel)
+	s, err := d.acquire(q, r)
 	if err != nil {
 		r.finishEarly(wire.StatusShutdown, 1)
 		return
@@ -264,10 +307,10 @@ func (d *Device) simple(conn *nbd.Conn, q *client.Queue, nr nbd.Request, op wire
 
 // write reads the payload chunk by chunk straight into slots (the only copy)
 // and sends each chunk as it is complete.
-func (d *Device) write(conn *nbd.Conn, q *client.Queue, nr nbd.Request) {
+func (d *Device) write(conn *nbd.Conn, q *client.Queue, nr nbd.Request, kernel bool) {
 	chunk := q.SlotSize()
 	n := max(1, (int(nr.Length)+chunk-1)/chunk)
-	r := d.begin(conn, q, nr.Handle, wire.OpWrite, n)
+	r := d.begin(conn, q, nr.Handle, wire.OpWrite, n, kernel)
 	var flags uint8
 	if nr.Flags&nbd.CmdFlagFUA != 0 {
 		flags = wire.FlagFUA
@@ -275,7 +318,7 @@ func (d *Device) write(conn *nbd.Conn, q *client.Queue, nr nbd.Request) {
 	for k := range n {
 		off := k * chunk
 		l := min(chunk, int(nr.Length)-off)
-		s, err := d.acquire(q)
+		s, err := d.acquire(q, r)
 		if err != nil {
 			r.finishEarly(wire.StatusShutdown, n-k)
 			return
@@ -307,11 +350,11 @@ func (d *Device) read(conn *nbd.Conn, q *client.Queue, nr nbd.Request) {
 		d.bigRead(conn, q, nr)
 		return
 	}
-	r := d.begin(conn, q, nr.Handle, wire.OpRead, n)
+	r := d.begin(conn, q, nr.Handle, wire.OpRead, n, false)
 	// take every slot first, so that the request's slices are complete
 	// before the poller may look at them
 	for range n {
-		s, err := d.acquire(q)
+		s, err := d.acquire(q, r)
 		if err != nil {
 			for _, s := range r.slots {
 				s.Release()
@@ -368,6 +411,13 @@ func (r *request) finishEarly(st wire.Status, unsent int) {
 // batch, one writev (Queue.SetBatchEnd); elsewhere the writer goroutine
 // sends it.
 func (r *request) reply(deferred bool) {
+	if r.guarded {
+		// every chunk is done at the target: a resent copy may go now (and
+		// the kernel reuses the tag once it has the reply, before the reply's
+		// done callback runs)
+		r.guarded = false
+		r.d.writes.release(r.handle, r)
+	}
 	st := wire.Status(r.status.Load())
 	var err error
 	switch {
@@ -419,7 +469,7 @@ func (d *Device) bigRead(conn *nbd.Conn, q *client.Queue, nr nbd.Request) {
 		sent := 0
 		for off := first; off < len(buf) && off < first+window*chunk; off += chunk {
 			l := min(chunk, len(buf)-off)
-			s, err := d.acquire(q)
+			s, err := d.acquire(q, nil)
 			if err != nil {
 				st = wire.StatusShutdown
 				break

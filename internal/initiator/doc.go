@@ -6,4 +6,11 @@
 // the target's slots, with many in flight per queue, and the only copy is
 // between the NBD socket and the registered slot buffer. Users see
 // /dev/rbdiN, a link to the /dev/nbdX underneath.
+//
+// By stage: manager.go adds, finds and removes devices; device.go carries
+// NBD requests to the queues; kernel.go owns the kernel device's sockets
+// (replacing one the kernel gives up on, ordering the kernel's resent writes
+// after rbdi's copies); socket.go serves a device on an NBD Unix socket;
+// state.go and adopt.go keep each device's state and adopt the devices an
+// earlier rbdi left; route.go checks the route to a target.
 package initiator

@@ -34,9 +34,11 @@ type Config struct {
 	QueueDepth int // requests in flight per queue (default 128)
 	MaxIO      int // slot size asked for (default 256 KiB)
 	Inline     int // inline I/O asked for (default 4096; -1: none)
-	// Timeout is the kernel's per-request timeout (NBD_ATTR_TIMEOUT; default
-	// 0: none). A timeout aborts the socket under a request; with
-	// reconnecting queues it must be 0 or longer than CtrlLossTimeout.
+	// Timeout is the kernel's per-request timeout (NBD_ATTR_TIMEOUT; 0:
+	// DefaultTimeout, negative: none). When a request runs past it, the
+	// kernel gives up the socket under it and sends its requests again once
+	// it has a live one: rbdi hands it a new socket at once (kernel.go), so
+	// nothing fails, and requests a killed rbdi left unanswered come back.
 	Timeout time.Duration
 	// Reconnecting a queue whose connection died: see client.QueueConfig
 	// (ReconnectDelay default 2 s, backing off to 10 s; CtrlLossTimeout
@@ -47,8 +49,15 @@ type Config struct {
 	// while it goes on reconnecting (client.QueueConfig; 0: off).
 	FastIOFailTimeout time.Duration
 	// DeadConnTimeout lets I/O wait this long for a new connection when all
-	// have died, instead of failing at once (NBD_ATTR_DEAD_CONN_TIMEOUT).
+	// have died, instead of failing at once (NBD_ATTR_DEAD_CONN_TIMEOUT):
+	// what a device left by a stopped rbdi waits for the next one.
 	DeadConnTimeout time.Duration
+	// StateDir keeps each device's state (state.go) so that a restarted
+	// rbdi adopts the kernel devices the old one left; "" keeps none.
+	StateDir string
+	// RemoveOnExit: Close removes the devices (flushing each; those in use
+	// stay) instead of leaving them for the next rbdi.
+	RemoveOnExit bool
 	// KeepAlive and KeepAliveTimeout: see client.QueueConfig.
 	KeepAlive, KeepAliveTimeout time.Duration
 	DevDir                      string // where rbdiN links go (default /dev)
@@ -70,10 +79,13 @@ type Config struct {
 
 // Defaults.
 const (
-	// DefaultTimeout (0) means: CtrlLossTimeout plus 30 s (none when that is
-	// forever), so that the kernel never aborts a request while its queue
-	// reconnects; keepalive and ctrl-loss-timeout decide.
-	DefaultTimeout = 0
+	// DefaultTimeout is the kernel's per-request timeout (as NVMe's
+	// io_timeout): what a request that an rbdi killed left unanswered waits
+	// before the kernel sends it again, to the rbdi that adopted the device.
+	DefaultTimeout = 30 * time.Second
+	// DefaultDeadConnTimeout: how long a device's I/O waits for new sockets
+	// when all have died (rbdi stopped or restarting).
+	DefaultDeadConnTimeout = 60 * time.Second
 	maxBlockSize   = 4096 // the kernel NBD driver's largest block size (a page)
 )
 
@@ -81,6 +93,8 @@ const (
 type Manager struct {
 	cfg Config
 	log *slog.Logger
+
+	state stateStore
 
 	mu      sync.Mutex
 	devices map[int]*Device
@@ -119,8 +133,8 @@ func NewManager(cfg Config) *Manager {
 	if cfg.CtrlLossTimeout == 0 {
 		cfg.CtrlLossTimeout = client.DefaultCtrlLossTimeout
 	}
-	if cfg.Timeout <= 0 && cfg.CtrlLossTimeout > 0 && !cfg.NoReconnect {
-		cfg.Timeout = cfg.CtrlLossTimeout + 30*time.Second
+	if cfg.Timeout == 0 {
+		cfg.Timeout = DefaultTimeout
 	} else if cfg.Timeout < 0 {
 		cfg.Timeout = 0
 	}
@@ -130,7 +144,8 @@ func NewManager(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log, devices: map[int]*Device{}, adding: map[int]mapping{}, onChange: cfg.OnChange}
+	m := &Manager{cfg: cfg, log: cfg.Log, devices: map[int]*Device{}, adding: map[int]mapping{}, onChange: cfg.OnChange,
+		state: stateStore{dir: cfg.StateDir}}
 	if m.onChange == nil {
 		m.onChange = func() {}
 	}
@@ -181,6 +196,12 @@ func (e *MappedError) Error() string {
 
 // Add connects to the target, opens the export and creates the device.
 func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
+	return m.add(ctx, req, nil)
+}
+
+// add is Add, or with st the adoption of a device an earlier rbdi left
+// (adopt.go): same number, session, queues and kernel device.
+func (m *Manager) add(ctx context.Context, req AddRequest, st *deviceState) (*Device, error) {
 	if req.Export == "" {
 		return nil, &Error{Msg: "no target device given", Hint: "name the device on the target with -d, e.g. -d /dev/ram0"}
 	}
@@ -192,6 +213,9 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	if queues <= 0 {
 		queues = m.cfg.Queues
 	}
+	if st != nil {
+		queues = st.Queues
+	}
 	if queues > 64 {
 		return nil, &Error{Msg: fmt.Sprintf("%d queues: at most 64", queues)}
 	}
@@ -200,7 +224,14 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		return nil, err
 	}
 	kernel := !req.NoKernelDevice
-	to, err := daemon.Resolve(ctx, req.Target, port)
+	var to netip.AddrPort
+	if st != nil {
+		// the address the device was made with (the kernel device's backend
+		// names it), not what the name resolves to now
+		to, err = netip.ParseAddrPort(st.TargetAddr)
+	} else {
+		to, err = daemon.Resolve(ctx, req.Target, port)
+	}
 	if err != nil {
 		var re *daemon.ResolveError
 		if errors.As(err, &re) {
@@ -219,7 +250,11 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		}
 	}
 	// first, under the lock that also reserves the number: is it mapped already?
-	num, err := m.reserveNumber(mapping{to, req.Export})
+	want := -1
+	if st != nil {
+		want = st.Num
+	}
+	num, err := m.reserveNumber(mapping{to, req.Export}, want)
 	var me *MappedError
 	if errors.As(err, &me) && (sc.path != "" && me.Device.Socket() != sc.path || kernel && !me.Device.kernel) {
 		// the existing device lacks what was asked for: do not answer with it
@@ -231,6 +266,11 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		return nil, err
 	}
 	defer m.unreserve(num)
+	if st != nil && kernel {
+		if err := m.checkAdoptable(st); err != nil {
+			return nil, err
+		}
+	}
 	var nl *nbd.Client
 	if kernel {
 		nl, err = nbd.Dial()
@@ -242,7 +282,7 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		}
 		defer nl.Close()
 	}
-	if sc.path != "" { // before the target is bothered
+	if sc.path != "" { // before the target is bothered (a stale socket passes)
 		m.sockMu.Lock()
 		err := checkSocketPath(sc)
 		m.sockMu.Unlock()
@@ -261,7 +301,9 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 			return nil, err
 		}
 	}
-	d := &Device{Num: num, TargetName: req.Target, Target: to, Export: req.Export, Since: time.Now(), Stats: stats.NewCounters(), kernel: kernel}
+	d := &Device{Num: num, TargetName: req.Target, Target: to, Export: req.Export, Since: time.Now(), Stats: stats.NewCounters(), kernel: kernel, req: req}
+	d.backend = fmt.Sprintf("rbd:%s:%s", to, req.Export)
+	d.adopted = st != nil
 	d.log = m.log.With("device", d.Name(), "target", to, "export", req.Export)
 	d.state.Store(StateConnecting)
 	d.ctx, d.stop = context.WithCancel(context.Background())
@@ -270,8 +312,14 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout,
 			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect,
 			FastIOFailTimeout: m.cfg.FastIOFailTimeout}}
+	if st != nil {
+		ccfg.Session, _ = st.session() // checked when loaded
+		if kernel {
+			d.backend = st.Backend
+		}
+	}
 	sess, err := client.Dial(ctx, ccfg)
-	if err == nil && queues > 1 && sess.Export.Caps&wire.CapMultiConn == 0 {
+	if err == nil && queues > 1 && sess.Export.Caps&wire.CapMultiConn == 0 && st == nil {
 		// without cross-queue flush visibility the kernel must use one socket
 		sess.Close()
 		ccfg.Queues = 1
@@ -282,6 +330,7 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		return nil, addError(err, to, req.Export)
 	}
 	d.sess = sess
+	d.writes.init(len(sess.Queues()))
 	d.ReadOnly = sess.Export.Caps&wire.CapReadOnly != 0
 	if bs := sess.Export.LogicalBlockSize; bs > maxBlockSize && kernel {
 		sess.Close()
@@ -290,7 +339,11 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 			Hint: "serve it on an NBD socket only (--nbd-socket PATH --no-kernel-device)"}
 	}
 	if kernel {
-		if err := m.connectNBD(nl, d); err != nil {
+		connect := func() error { return m.connectNBD(nl, d) }
+		if st != nil {
+			connect = func() error { return m.adoptNBD(nl, d, st) }
+		}
+		if err := connect(); err != nil {
 			sess.Close()
 			d.stop()
 			return nil, err
@@ -307,6 +360,11 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 			m.teardown(d)
 			return nil, err
 		}
+	}
+	if err := m.saveState(d); err != nil {
+		d.log.Warn("device state not kept: a restarted rbdi will not adopt this device", "err", err)
+	} else {
+		d.saved = m.state.enabled()
 	}
 	d.state.Store(StateConnected)
 	m.mu.Lock()
@@ -325,7 +383,11 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	}
 	go m.watch(d)
 	m.onChange()
-	d.log.Info("device added", "nbd", d.NBDPath(), "nbd_socket", d.Socket(), "size", sess.Export.Size, "block_size", sess.Export.LogicalBlockSize,
+	what := "device added"
+	if st != nil {
+		what = "device adopted"
+	}
+	d.log.Info(what, "nbd", d.NBDPath(), "nbd_socket", d.Socket(), "size", sess.Export.Size, "block_size", sess.Export.LogicalBlockSize,
 		"queues", len(sess.Queues()), "slot_size", sess.Queues()[0].SlotSize(), "rdma_device", rdev, "read_only", d.ReadOnly)
 	return d, nil
 }
@@ -380,75 +442,10 @@ func addError(err error, to netip.AddrPort, export string) error {
 	return &Error{Msg: fmt.Sprintf("connecting to %s: %v", to, err), Err: err}
 }
 
-// connectNBD creates the kernel device: one socketpair per queue, served
-// before the kernel sees them.
-func (m *Manager) connectNBD(nl *nbd.Client, d *Device) error {
-	qs := d.sess.Queues()
-	var kernel []*os.File
-	defer func() {
-		for _, f := range kernel {
-			f.Close()
-		}
-	}()
-	for _, q := range qs {
-		kf, conn, err := nbd.NewSocketPair(nil)
-		if err != nil {
-			for _, c := range d.conns {
-				c.Close()
-			}
-			return err
-		}
-		kernel = append(kernel, kf)
-		d.conns = append(d.conns, conn)
-		q.SetBatchEnd(conn.Flush) // replies leave from the queue's loop, one writev per batch
-		d.wg.Add(1)
-		go d.serve(conn, q)
-	}
-	ex := d.sess.Export
-	flags := nbdFlags(ex)
-	idx, err := nl.Connect(nbd.ConnectConfig{Sockets: kernel, SizeBytes: ex.Size, BlockSize: uint64(ex.LogicalBlockSize),
-		Timeout: m.cfg.Timeout, DeadConnTimeout: m.cfg.DeadConnTimeout, ServerFlags: flags,
-		BackendIdentifier: fmt.Sprintf("rbd:%s:%s", d.Target, d.Export)})
-	if err != nil {
-		for _, c := range d.conns {
-			c.Close()
-		}
-		d.wg.Wait()
-		return &Error{Msg: "creating the NBD device: " + err.Error(), Err: err}
-	}
-	d.Index = idx
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := m.cfg.Sysfs.WaitForDevice(ctx, idx, ex.Size); err != nil {
-		d.log.Warn("device size not seen in sysfs", "err", err)
-	}
-	// The kernel scans a new disk's partition table at its first open: do it
-	// now, so partitions show up at once (not when a user first opens it).
-	if f, err := os.Open(d.NBDPath()); err == nil {
-		f.Close()
-	}
-	if err := m.cfg.Sysfs.SetScheduler(idx, "none"); err != nil {
-		d.log.Debug("scheduler", "err", err)
-	}
-	// Requests up to 1 MiB reach rbd whole (the kernel splits larger ones):
-	// a request larger than a slot goes out as several commands in parallel,
-	// and bounding it by an eighth of the slots keeps it from starving the
-	// queue.
-	q0 := d.sess.Queues()[0]
-	kb := uint32(q0.SlotSize() / 1024)
-	kb = max(kb, min(1024, kb*uint32(max(1, q0.Depth()/8))))
-	if got, err := m.cfg.Sysfs.SetMaxSectorsKB(idx, kb); err != nil {
-		d.log.Warn("max_sectors_kb", "want", kb, "err", err)
-	} else if got < kb {
-		d.log.Info("max_sectors_kb limited by the kernel", "want", kb, "got", got)
-	}
-	return nil
-}
-
 // reserveNumber picks the lowest free N for /dev/rbdiN, to map want. When
 // a device maps want already it fails with a *MappedError (in an *Error);
 // when another Add is setting want up, with an *Error.
-func (m *Manager) reserveNumber(want mapping) (int, error) {
+func (m *Manager) reserveNumber(want mapping, num int) (int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -464,6 +461,13 @@ func (m *Manager) reserveNumber(want mapping) (int, error) {
 		if a == want {
 			return 0, &Error{Msg: fmt.Sprintf("export %s on %s is being mapped right now, as /dev/rbdi%d", want.export, want.target, n), Hint: "rbdctl -l shows it once it is there"}
 		}
+	}
+	if num >= 0 { // adopting: the device's own number
+		if _, busy := m.adding[num]; busy || m.devices[num] != nil {
+			return 0, &Error{Msg: fmt.Sprintf("/dev/rbdi%d is taken already", num)}
+		}
+		m.adding[num] = want
+		return num, nil
 	}
 	for n := 0; n < 1<<16; n++ {
 		if _, busy := m.adding[n]; busy || m.devices[n] != nil {
@@ -486,7 +490,13 @@ func (m *Manager) unreserve(n int) {
 
 func (m *Manager) link(d *Device) error {
 	p := filepath.Join(m.cfg.DevDir, d.Name())
-	if err := os.Symlink(filepath.Base(d.NBDPath()), p); err != nil {
+	target := filepath.Base(d.NBDPath())
+	if old, err := os.Readlink(p); err == nil && old == target {
+		return nil // adopted: the old rbdi's link
+	} else if err == nil && d.adopted {
+		os.Remove(p) // a stale link where the adopted device's belongs
+	}
+	if err := os.Symlink(target, p); err != nil {
 		return &Error{Msg: fmt.Sprintf("creating %s: %v", p, err), Err: err}
 	}
 	return nil
@@ -517,8 +527,8 @@ func (m *Manager) watch(d *Device) {
 			_, why := q.Dead()
 			if left > 1 {
 				d.log.Error("queue lost; the device goes on with its other queues", "queue", q.Index(), "reason", why)
-				if i := q.Index(); i < len(d.conns) {
-					d.conns[i].Close()
+				if i := q.Index(); i < len(d.kfs) {
+					d.kfs[i].giveUp()
 				}
 				if d.sock != nil {
 					d.sock.queueLost(q.Index())
@@ -607,6 +617,9 @@ func (m *Manager) Remove(ctx context.Context, name string) error {
 		}
 	}
 	m.teardown(d)
+	if err := m.state.remove(d.Num); err != nil {
+		d.log.Warn("device state left behind", "err", err)
+	}
 	d.log.Info("device removed")
 	m.onChange()
 	return nil
@@ -618,6 +631,7 @@ func (m *Manager) teardown(d *Device) {
 	if d.sock != nil {
 		d.sock.shutdown(10 * time.Second)
 	}
+	d.closing.Store(true) // the sockets that end now are not replaced
 	if d.kernel {
 		if nl, err := nbd.Dial(); err == nil {
 			if err := nl.Disconnect(d.Index); err != nil {
@@ -634,8 +648,8 @@ func (m *Manager) teardown(d *Device) {
 		}
 	}
 	d.stop()
-	for _, c := range d.conns {
-		c.Close()
+	for _, k := range d.kfs {
+		k.close()
 	}
 	d.wg.Wait()
 	if d.sock != nil {
@@ -653,16 +667,23 @@ func (m *Manager) teardown(d *Device) {
 	}
 }
 
-// Close removes every device (flushing each), as on daemon shutdown.
+// Close ends the manager, as on daemon shutdown: with a state directory
+// each device is left for the next rbdi (detach); without one, or with
+// RemoveOnExit, each is removed (flushing it), except those in use.
 func (m *Manager) Close() {
 	m.mu.Lock()
 	m.closed = true
 	m.mu.Unlock()
 	for _, d := range m.List() {
+		if d.saved && !m.cfg.RemoveOnExit {
+			m.detach(d)
+			continue
+		}
 		if err := m.Remove(context.Background(), d.Name()); err != nil {
 			d.log.Warn("left in place at shutdown", "err", err)
 		}
 	}
+	m.state.close()
 }
 
 // inUse says where the block device (or a partition of it) is mounted or who

@@ -41,7 +41,7 @@ func TestReserveMapped(t *testing.T) {
 		if tc.pending != "" {
 			m.adding[7] = tc.want
 		}
-		n, err := m.reserveNumber(tc.want)
+		n, err := m.reserveNumber(tc.want, -1)
 		var me *MappedError
 		var ie *Error
 		switch {
@@ -72,7 +72,7 @@ func TestReserveMapped(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := m.reserveNumber(ram3)
+			_, err := m.reserveNumber(ram3, -1)
 			mu.Lock()
 			defer mu.Unlock()
 			if err == nil {

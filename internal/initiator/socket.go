@@ -167,13 +167,13 @@ type sockServer struct {
 // queueFlush is a queue's batch end: the kernel socket's replies are
 // written from the queue's loop, the socket clients' writers are woken.
 type queueFlush struct {
-	kernel  *nbd.Conn
+	kernel  *kfront
 	clients atomic.Pointer[[]*sockClient]
 }
 
 func (f *queueFlush) run() {
 	if f.kernel != nil {
-		f.kernel.Flush()
+		f.kernel.flush()
 	}
 	if cs := f.clients.Load(); cs != nil {
 		for _, c := range *cs {
@@ -272,7 +272,7 @@ func (d *Device) check(r nbd.Request) uint32 {
 }
 
 // listenSocket makes the device's NBD socket and starts accepting. The
-// kernel's sockets (d.conns, if any) must be set up already: the queues'
+// kernel's sockets (d.kfs, if any) must be set up already: the queues'
 // batch ends are replaced by ones that also wake the socket clients.
 func (m *Manager) listenSocket(d *Device, sc socketConfig) error {
 	m.sockMu.Lock()
@@ -302,8 +302,8 @@ func (m *Manager) listenSocket(d *Device, sc socketConfig) error {
 	}
 	for i, q := range d.sess.Queues() {
 		f := &queueFlush{}
-		if i < len(d.conns) {
-			f.kernel = d.conns[i]
+		if i < len(d.kfs) {
+			f.kernel = d.kfs[i]
 		}
 		s.flush = append(s.flush, f)
 		q.SetBatchEnd(f.run)
@@ -455,7 +455,8 @@ func (s *sockServer) serveClient(c *sockClient) {
 	}
 	s.log.Info("NBD socket client connected", "peer", c.peer, "export", neg.Name, "queue", q.Index())
 	go c.flushLoop()
-	s.d.serve(conn, q) // attach counted it in d.wg
+	s.d.serve(conn, q, false)
+	s.d.wg.Done() // attach counted the client in d.wg
 	q.Kick()           // serve may return with commands staged (NBD_CMD_DISC right behind them)
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	if err := conn.Drain(ctx); errors.Is(err, context.DeadlineExceeded) {

@@ -47,13 +47,18 @@ type rig struct {
 	dir  string
 	net  *memt.Network
 	ec   target.ExportConfig
+	tcfg func(*target.Config) // changes the target's configuration, if set
 	stop func() // stops the target (restart starts another)
 }
 
 // startTarget serves the rig's export on its network until stop.
 func (r *rig) startTarget(t *testing.T) {
 	t.Helper()
-	srv, err := target.NewServer(target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{r.ec}, Transport: r.net, Log: quiet()})
+	cfg := target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{r.ec}, Transport: r.net, Log: quiet()}
+	if r.tcfg != nil {
+		r.tcfg(&cfg)
+	}
+	srv, err := target.NewServer(cfg)
 	if err != nil {
 		t.Fatalf("NewServer: %v", err)
 	}

@@ -31,6 +31,11 @@ func (c *Conn) Drain(ctx context.Context) error {
 	return c.Close()
 }
 
+// Quiet reports whether every request read so far has been answered and
+// its reply written (or the connection failed). Requests the client sent
+// that the reader has not taken yet are not seen.
+func (c *Conn) Quiet() bool { return c.drained() }
+
 // drained reports whether nothing is left to answer or to write; replies
 // queued without a wake-up (QueueReply) are handed to the writer goroutine.
 func (c *Conn) drained() bool {

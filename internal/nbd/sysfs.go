@@ -142,6 +142,14 @@ func (s Sysfs) PID(index uint32) (int, error) {
 	return int(v), err
 }
 
+// Backend returns the backend attribute: the identifier the device was
+// connected with (ConnectConfig.BackendIdentifier). The error wraps
+// os.ErrNotExist when the device is not connected (the kernel removes the
+// attribute at disconnect) or was connected without one.
+func (s Sysfs) Backend(index uint32) (string, error) {
+	return s.read(index, "backend")
+}
+
 // Size returns the device's size in bytes (the size attribute counts
 // 512-byte sectors); 0 means not connected.
 func (s Sysfs) Size(index uint32) (uint64, error) {

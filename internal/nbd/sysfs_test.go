@@ -122,6 +122,16 @@ func TestPIDAndSize(t *testing.T) {
 	}
 }
 
+func TestBackend(t *testing.T) {
+	s := fakeSysfs(t, "3", map[string]string{"backend": "rbd:10.0.0.1:65000:/dev/ram0\n"})
+	if b, err := s.Backend(3); err != nil || b != "rbd:10.0.0.1:65000:/dev/ram0" {
+		t.Fatalf("Backend: got %q, %v", b, err)
+	}
+	if _, err := s.Backend(4); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Backend of a disconnected device: want %v, got %v", os.ErrNotExist, err)
+	}
+}
+
 func TestWaitForDevice(t *testing.T) {
 	s := fakeSysfs(t, "1", map[string]string{"size": "0\n"})
 	go func() {

@@ -87,6 +87,7 @@ type Collector struct {
 	duration                          *prometheus.Desc
 	inline, fua, stalls               *prometheus.Desc
 	cqWaits, cqPolled, reconn, resent *prometheus.Desc
+	sockReplaced, kernResent          *prometheus.Desc
 	info, size                        *prometheus.Desc
 	build                             *prometheus.Desc
 	state                             *prometheus.Desc
@@ -156,6 +157,8 @@ func NewCollector(role string, infoLabels ...string) *Collector {
 	c.cqPolled = desc("rbd_cq_polled_max", "Most completions returned by one poll.")
 	c.reconn = desc("rbd_reconnects_total", "Connections re-established.")
 	c.resent = desc("rbd_resent_total", "Commands sent again on a new connection after theirs died.")
+	c.sockReplaced = desc("rbd_nbd_sockets_replaced_total", "Kernel NBD sockets the kernel gave up on that rbdi replaced.")
+	c.kernResent = desc("rbd_kernel_resent_writes_total", "Writes the kernel sent again while rbdi held their first copy (ordered after it).")
 	c.info = desc("rbd_device_info", "Static information about a device or export; always 1.", c.infoNames...)
 	c.size = desc("rbd_device_size_bytes", "Size of a device or export in bytes.")
 	c.state = desc("rbd_device_state", "The state of a device (initiator: its connection) or export (target: its backend): one series per state, 1 for the current one.", "state")
@@ -339,7 +342,7 @@ func (c *Collector) Entries() []Entry {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.started, c.completed, c.ops, c.bytes, c.errs, c.inflight, c.inflightMax,
-		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.resent, c.info, c.size, c.build, c.state,
+		c.duration, c.inline, c.fua, c.stalls, c.cqWaits, c.cqPolled, c.reconn, c.resent, c.sockReplaced, c.kernResent, c.info, c.size, c.build, c.state,
 	} {
 		ch <- d
 	}
@@ -422,6 +425,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(c.cqPolled, float64(s.MaxCQPolled), lv)
 		counter(c.reconn, s.Reconnects, lv)
 		counter(c.resent, s.Resent, lv)
+		counter(c.sockReplaced, s.SocketsReplaced, lv)
+		counter(c.kernResent, s.KernelResent, lv)
 	}
 	for _, e := range infos {
 		size, extra := e.size, e.extra

@@ -113,6 +113,8 @@ type Counters struct {
 	stallNoSlot  atomic.Uint64
 	reconnects   atomic.Uint64
 	resent       atomic.Uint64
+	sockReplaced atomic.Uint64
+	kernResent   atomic.Uint64
 	errs         [NumErrKinds]atomic.Uint64 // not tied to a request; [ErrNone] unused
 	_            pad
 }
@@ -225,6 +227,15 @@ func (c *Counters) AddReconnect() { c.reconnects.Add(1) }
 // AddResent counts commands sent again on a new connection after the one
 // they went out on died. It is lock-free and does not allocate.
 func (c *Counters) AddResent(n int) { c.resent.Add(uint64(n)) }
+
+// AddSocketReplaced counts a kernel NBD socket that the kernel dropped and
+// rbdi replaced. It is lock-free and does not allocate.
+func (c *Counters) AddSocketReplaced() { c.sockReplaced.Add(1) }
+
+// AddResentByKernel counts a write the kernel sent again while rbdi still
+// held its first copy (withdrawn or waited for first). It is lock-free and
+// does not allocate.
+func (c *Counters) AddResentByKernel() { c.kernResent.Add(1) }
 
 // AddError counts an error not tied to a request, such as a protocol violation
 // (ErrInvalid) or a lost connection (ErrTransport); request failures go

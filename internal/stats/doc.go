@@ -66,6 +66,8 @@
 //	rbd_cq_polled_max                         gauge
 //	rbd_reconnects_total                      counter
 //	rbd_resent_total                          counter
+//	rbd_nbd_sockets_replaced_total            counter
+//	rbd_kernel_resent_writes_total            counter
 //	rbd_device_info{<info labels>}            gauge, always 1
 //	rbd_device_size_bytes                     gauge
 //	rbd_device_state{state}                   gauge, 1 for the current state

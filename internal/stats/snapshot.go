@@ -27,6 +27,10 @@ type Snapshot struct {
 	MaxCQPolled uint64 `json:"max_cq_polled"`
 	Reconnects  uint64 `json:"reconnects"`
 	Resent      uint64 `json:"resent"`
+	// SocketsReplaced and KernelResent: see Counters.AddSocketReplaced and
+	// AddResentByKernel (initiator only).
+	SocketsReplaced uint64 `json:"sockets_replaced"`
+	KernelResent    uint64 `json:"kernel_resent"`
 	// OtherErrors counts, by kind, the errors not tied to a request
 	// (AddError, and Done with an invalid op); only non-zero kinds appear.
 	OtherErrors map[ErrKind]uint64 `json:"other_errors,omitempty"`
@@ -117,6 +121,8 @@ func (c *Counters) Snapshot() Snapshot {
 	s.MaxCQPolled = c.maxPolled.Load()
 	s.Reconnects = c.reconnects.Load()
 	s.Resent = c.resent.Load()
+	s.SocketsReplaced = c.sockReplaced.Load()
+	s.KernelResent = c.kernResent.Load()
 	for k := ErrNone + 1; k < NumErrKinds; k++ {
 		if n := c.errs[k].Load(); n != 0 {
 			if s.OtherErrors == nil {

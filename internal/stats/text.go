@@ -51,6 +51,8 @@ func (s Snapshot) WriteText(w io.Writer) error {
 		{"max_cq_polled", s.MaxCQPolled},
 		{"reconnects", s.Reconnects},
 		{"resent", s.Resent},
+		{"sockets_replaced", s.SocketsReplaced},
+		{"kernel_resent", s.KernelResent},
 	} {
 		fmt.Fprintf(tw, "%s\t%d\n", f.name, f.v)
 	}

@@ -369,3 +369,81 @@ func TestFastIOFail(t *testing.T) {
 		t.Fatalf("READ after the reconnect: %v", st)
 	}
 }
+
+// TestWithdraw: Queue.Withdraw gives up a tagged command that waits for a
+// reconnect (it completes at once with ESHUTDOWN and is never sent again,
+// so its data never lands), leaves the commands of other owners to be sent
+// again, and does not touch a command out on a live connection (it counts
+// it, and the command completes as usual).
+func TestWithdraw(t *testing.T) {
+	net := memt.New(memt.Options{})
+	img := image(t, imageSize)
+	gate := make(chan struct{})
+	var stalled atomic.Bool
+	_, stop := serveStoppableExport(t, net, target.ExportConfig{Path: img})
+	sess := dial(t, net, img, 1, fastReconnect(time.Minute))
+	q := sess.Queues()[0]
+	submit := func(owner uint64, off uint64, b byte) chan client.Completion {
+		t.Helper()
+		s, err := q.Acquire(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Owner = owner
+		copy(s.Buf, bytes.Repeat([]byte{b}, 4096))
+		ch := make(chan client.Completion, 1)
+		if err := s.Submit(wire.OpWrite, 0, off, 4096, func(s *client.Slot, c client.Completion) { ch <- c; s.Release() }); err != nil {
+			t.Fatal(err)
+		}
+		return ch
+	}
+	// the target is gone: both commands wait for the reconnect
+	stop()
+	for q.State().State != client.StateReconnecting {
+		time.Sleep(time.Millisecond)
+	}
+	gone := submit(7, 0, 0xaa)
+	kept := submit(8, 1<<20, 0xbb)
+	if w, live := q.Withdraw(0); w != 0 || live != 0 {
+		t.Fatalf("Withdraw(0) = %d, %d: owner 0 is no owner", w, live)
+	}
+	if w, live := q.Withdraw(7); w != 1 || live != 0 {
+		t.Fatalf("Withdraw(7) while reconnecting = %d withdrawn, %d live; want 1, 0", w, live)
+	}
+	if c := <-gone; c.Status != wire.StatusShutdown {
+		t.Fatalf("withdrawn command completed with %v, want ESHUTDOWN", c.Status)
+	}
+	// a target is back (stalling writes at 2 MiB, the next test)
+	serve(t, net, func(c *target.Config) {
+		c.InlineIO = -1
+		c.BeforeIO = func(op wire.Op, off uint64) {
+			if op == wire.OpWrite && off == 2<<20 && !stalled.Swap(true) {
+				<-gate
+			}
+		}
+	}, target.ExportConfig{Path: img})
+	if c := <-kept; c.Status != wire.StatusOK {
+		t.Fatalf("the other owner's command after the reconnect: %v", c.Status)
+	}
+	if got := fileAt(t, img, 0, 4096); got[0] == 0xaa {
+		t.Fatal("the withdrawn write landed")
+	}
+	if got := fileAt(t, img, 1<<20, 4096); got[0] != 0xbb {
+		t.Fatalf("the kept write did not land: %#x", got[0])
+	}
+	// out on a live connection: counted, left alone
+	live := submit(9, 2<<20, 0xcc)
+	for !stalled.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	if w, n := q.Withdraw(9); w != 0 || n != 1 {
+		t.Fatalf("Withdraw(9) of a command on a live connection = %d withdrawn, %d live; want 0, 1", w, n)
+	}
+	close(gate)
+	if c := <-live; c.Status != wire.StatusOK {
+		t.Fatalf("the live command: %v", c.Status)
+	}
+	if got := fileAt(t, img, 2<<20, 4096); got[0] != 0xcc {
+		t.Fatalf("the live write did not land: %#x", got[0])
+	}
+}

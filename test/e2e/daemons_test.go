@@ -32,9 +32,12 @@ type daemons struct {
 	tmetrics   string
 	imetrics   string
 	rbdt, rbdi *exec.Cmd
-	tlog, ilog *bytes.Buffer
+	tlog, ilog *lockedWriter // the daemons' logs (safe to read while they write)
 	targs      []string // rbdt's arguments and environment, for restartTarget
 	tenv       []string
+	iargs      []string // rbdi's, for restartInitiator
+	ienv       []string
+	exited     map[*exec.Cmd]chan struct{} // closed when the process has exited
 }
 
 func binDir(t *testing.T) string {
@@ -74,7 +77,7 @@ func startDaemons(t *testing.T, o daemonOpts) *daemons {
 	if o.addr != "" {
 		addr = o.addr
 	}
-	d := &daemons{t: t, bin: binDir(t), addr: addr, dir: t.TempDir()}
+	d := &daemons{t: t, bin: binDir(t), addr: addr, dir: t.TempDir(), exited: map[*exec.Cmd]chan struct{}{}}
 	d.tsock = filepath.Join(d.dir, "rbdt.sock")
 	d.isock = filepath.Join(d.dir, "rbdi.sock")
 	if len(o.exports) > 0 {
@@ -88,7 +91,10 @@ func startDaemons(t *testing.T, o daemonOpts) *daemons {
 	}
 	if !o.noRbdi {
 		d.imetrics = freePort(t)
-		args := append([]string{"--control", d.isock, "--metrics-addr", d.imetrics, "--log-level", "debug"}, o.rbdiArgs...)
+		// a state directory of its own: what a restart adopts
+		args := append([]string{"--control", d.isock, "--metrics-addr", d.imetrics, "--log-level", "debug",
+			"--state-dir", filepath.Join(d.dir, "state")}, o.rbdiArgs...)
+		d.iargs, d.ienv = args, o.rbdiEnv
 		d.rbdi, d.ilog = d.start("rbdi", args, d.isock, o.rbdiEnv)
 	}
 	return d
@@ -104,7 +110,31 @@ func (d *daemons) restartTarget() {
 	d.rbdt, d.tlog = d.start("rbdt", d.targs, d.tsock, d.tenv)
 }
 
-func (d *daemons) start(name string, args []string, sock string, env []string) (*exec.Cmd, *bytes.Buffer) {
+// restartInitiator starts rbdi again with the same arguments (its state
+// directory too) once the old process has exited (it was killed or told to
+// stop): the new one adopts the devices the old one left.
+func (d *daemons) restartInitiator() {
+	d.t.Helper()
+	select {
+	case <-d.exited[d.rbdi]:
+	case <-time.After(60 * time.Second):
+		d.t.Fatal("the old rbdi did not exit within 60 s")
+	}
+	os.Remove(d.isock)
+	d.rbdi, d.ilog = d.start("rbdi", d.iargs, d.isock, d.ienv)
+}
+
+// waitExit waits until p has exited.
+func (d *daemons) waitExit(p *exec.Cmd, within time.Duration) {
+	d.t.Helper()
+	select {
+	case <-d.exited[p]:
+	case <-time.After(within):
+		d.t.Fatalf("%s did not exit within %v", p.Path, within)
+	}
+}
+
+func (d *daemons) start(name string, args []string, sock string, env []string) (*exec.Cmd, *lockedWriter) {
 	t := d.t
 	var log bytes.Buffer
 	cmd := exec.Command(filepath.Join(d.bin, name), args...)
@@ -115,7 +145,9 @@ func (d *daemons) start(name string, args []string, sock string, env []string) (
 		t.Fatalf("start %s: %v", name, err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	gone := make(chan struct{})
+	d.exited[cmd] = gone
+	go func() { err := cmd.Wait(); close(gone); exited <- err }()
 	t.Cleanup(func() {
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
@@ -134,7 +166,7 @@ func (d *daemons) start(name string, args []string, sock string, env []string) (
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
 			if name != "rbdt" || strings.Contains(lw.String(), "msg=listening") {
-				return cmd, &log
+				return cmd, lw
 			}
 		}
 		select {

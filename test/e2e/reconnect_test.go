@@ -26,7 +26,7 @@ func TestTargetKilledUnderFio(t *testing.T) {
 func targetGoneUnderFio(t *testing.T, sig syscall.Signal) {
 	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
 		rbdiArgs: []string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}})
-	fioAcross(t, d, sig.String()+" of the target and its restart", func() {
+	fioAcross(t, d, sig.String()+" of the target and its restart", "reconnecting", func() {
 		if err := d.rbdt.Process.Signal(sig); err != nil {
 			t.Fatal(err)
 		}
@@ -62,7 +62,7 @@ func TestLinkOutageUnderFio(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { cut(false) })
-	fioAcross(t, d, "a 10 s link outage", func() {
+	fioAcross(t, d, "a 10 s link outage", "reconnecting", func() {
 		cut(true)
 		time.Sleep(10 * time.Second)
 	}, func() { cut(false) })
@@ -70,10 +70,10 @@ func TestLinkOutageUnderFio(t *testing.T) {
 
 // fioAcross runs fio with crc32c verification on a fresh ext4 on a device
 // of d, calls disrupt 3 s into the run, checks that rbdctl -l then says
-// reconnecting, calls restore, and requires fio to finish with zero errors,
-// the kernel to have logged no I/O or ext4 error, and the filesystem to be
-// writable after.
-func fioAcross(t *testing.T, d *daemons, what string, disrupt, restore func()) {
+// during (unless ""), calls restore, and requires fio to finish with zero
+// errors, the kernel to have logged no I/O or ext4 error, and the
+// filesystem to be writable after, on the same /dev/rbdiN.
+func fioAcross(t *testing.T, d *daemons, what, during string, disrupt, restore func()) {
 	dev := d.add("/dev/ram1")
 	run(t, "mkfs.ext4", "-q", "-F", dev)
 	mnt := mount(t, dev)
@@ -94,9 +94,10 @@ func fioAcross(t *testing.T, d *daemons, what string, disrupt, restore func()) {
 	default:
 	}
 	disrupt()
-	list, _, _ := d.ctl("-l")
-	if !strings.Contains(list, "reconnecting") {
-		t.Errorf("rbdctl -l during %s does not say reconnecting:\n%s", what, list)
+	if during != "" {
+		if list, _, _ := d.ctl("-l"); !strings.Contains(list, during) {
+			t.Errorf("rbdctl -l during %s does not say %s:\n%s", what, during, list)
+		}
 	}
 	restore()
 	<-fioDone
@@ -111,9 +112,8 @@ func fioAcross(t *testing.T, d *daemons, what string, disrupt, restore func()) {
 		t.Fatalf("the kernel logged errors:\n%s", k)
 	}
 	run(t, "dd", "if=/dev/zero", "of="+filepath.Join(mnt, "after"), "bs=64k", "count=16", "oflag=direct", "status=none")
-	list, _, _ = d.ctl("-l")
-	if !strings.Contains(list, "connected") {
-		t.Errorf("after %s:\n%s", what, list)
+	if list, _, _ := d.ctl("-l"); !strings.Contains(list, "connected") || !strings.Contains(list, dev) {
+		t.Errorf("after %s, rbdctl -l does not list %s connected:\n%s", what, dev, list)
 	}
 	stats, _, _ := d.ctl("-s", "-d", dev)
 	t.Logf("fio verify across %s: ok\n%s", what, stats)
@@ -127,4 +127,63 @@ func newKernelLines(before, after string) string {
 		return after[len(before):]
 	}
 	return after
+}
+
+// TestInitiatorRestartUnderFio: the same fio verify on ext4 while rbdi is
+// killed (SIGKILL) or stopped (SIGTERM: it answers what it read, for up to
+// 5 s, and leaves the device) and started again 3 s later. The new rbdi
+// adopts the kernel device from its state directory (same /dev/rbdiN, same
+// nbd device, same session) and hands the kernel new sockets; the requests
+// the old one never answered come back when their kernel timeout (10 s
+// here) runs out. fio finishes with zero errors.
+func TestInitiatorRestartUnderFio(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			if tr, _, _ := env(t); tr == "siw" && sig == syscall.SIGTERM {
+				// the suite's time budget: adoption is above the transport,
+				// and SIGKILL covers it over soft-iWARP
+				t.Skip("over soft-iWARP the SIGKILL case covers the adoption")
+			}
+			d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"}, rbdiArgs: []string{"--timeout", "10s"}})
+			fioAcross(t, d, sig.String()+" of rbdi and its restart", "", func() {
+				if err := d.rbdi.Process.Signal(sig); err != nil {
+					t.Fatal(err)
+				}
+				d.waitExit(d.rbdi, 30*time.Second)
+				time.Sleep(3 * time.Second)
+			}, func() {
+				d.restartInitiator()
+				deadline := time.Now().Add(60 * time.Second)
+				for !strings.Contains(d.ilog.String(), "device adopted") {
+					if time.Now().After(deadline) {
+						t.Fatalf("the restarted rbdi adopted no device:\n%s", d.ilog.String())
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+			})
+		})
+	}
+}
+
+// TestKernelTimeoutUnderOutage: with a kernel per-request timeout (5 s)
+// shorter than the target's absence (15 s), the kernel gives up the sockets
+// under requests while their queue reconnects and sends those requests
+// again; rbdi hands it new sockets at once and orders each resent write
+// after the copy it holds. fio finishes with zero errors, and rbdi counted
+// replaced sockets.
+func TestKernelTimeoutUnderOutage(t *testing.T) {
+	if tr, _, _ := env(t); tr == "siw" {
+		t.Skip("the kernel's resends are above the transport: soft-RoCE covers them (the suite's time budget)")
+	}
+	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
+		rbdiArgs: []string{"--timeout", "5s", "--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}})
+	fioAcross(t, d, "a 15 s absence of the target with a 5 s kernel timeout", "reconnecting", func() {
+		if err := d.rbdt.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(15 * time.Second)
+	}, d.restartTarget)
+	if !strings.Contains(d.ilog.String(), "the kernel dropped an NBD socket") {
+		t.Errorf("the kernel dropped no socket during the outage (the test did not test what it says):\n%s", d.ilog.String())
+	}
 }

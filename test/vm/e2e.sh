@@ -22,8 +22,19 @@ if [ $rc = 0 ]; then
       *) echo "e2e: unknown transport $t" >&2; rc=2; continue ;;
     esac
     echo "== e2e over $t ($desc)"
+    # -v for each test's time (the slowest are listed after the run, to keep
+    # the suite inside its budget); what passed is shown by name only
+    log=$(mktemp)
     RBD_VM_DIR=$dir RBD_TEST_TRANSPORT=$t RBD_TEST_ADDR=$addr RBD_TEST_RDMA_DEV=$dev RBD_TEST_BIN=$PWD/bin \
-      go test -count=1 -p 1 -timeout "${E2E_TIMEOUT:-30m}" -exec "$PWD/test/vm/go-exec.sh" "$@" $PKGS || rc=1
+      go test -v -count=1 -p 1 -timeout "${E2E_TIMEOUT:-30m}" -exec "$PWD/test/vm/go-exec.sh" "$@" $PKGS > "$log" 2>&1 || rc=1
+    if [[ " $* " == *" -v "* ]] || grep -qE '^(--- FAIL|FAIL|panic:)' "$log"; then
+      cat "$log" # all of it: the failing tests' logs are among the rest
+    else
+      grep -E '^(ok|FAIL|---|PASS)|^\s+--- (FAIL|SKIP)' "$log" | grep -vE '^\s*--- PASS' || true
+    fi
+    echo "-- slowest over $t:"
+    sed -nE 's/^--- (PASS|FAIL): ([^ ]+) \(([0-9.]+)s\)$/\3 \2/p' "$log" | sort -rn | head -12 | awk '{printf "   %7.1fs %s\n", $1, $2}'
+    rm -f "$log"
   done
 fi
 $VM stop "$dir" || rc=${rc/#0/1}
