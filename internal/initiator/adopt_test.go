@@ -166,7 +166,13 @@ func TestResendGuard(t *testing.T) {
 	go func() { initiator.ServeAsKernel(d, conn, 0); close(served) }()
 	defer func() { conn.Close(); <-served }()
 	k := &nbdClient{c: kc, br: bufio.NewReader(kc), reads: map[uint64]uint32{}}
-	handle := func(cookie, tag uint64) uint64 { return cookie<<32 | tag }
+	// as the kernel makes it: cookie<<32 | tag, copied in the host's byte
+	// order, read by the NBD decoder big-endian
+	handle := func(cookie, tag uint64) uint64 {
+		var b [8]byte
+		binary.NativeEndian.PutUint64(b[:], cookie<<32|tag)
+		return binary.BigEndian.Uint64(b[:])
+	}
 	blk := func(b byte) []byte { return bytes.Repeat([]byte{b}, 4096) }
 	replies := make(chan [2]uint64, 8) // handle, errno
 	go func() {
@@ -238,5 +244,22 @@ func TestResendGuard(t *testing.T) {
 	}
 	if n := d.Stats.Snapshot().KernelResent; n != 2 {
 		t.Errorf("kernel_resent %d, want 2", n)
+	}
+}
+
+// TestKernelTag: the tag of handles as the guest's kernel sent them, as
+// nbd.DecodeRequest returns them (from a debug log: hardware queue 1 tag
+// 0x36 cookie 5; queue 0 tag 0 cookie 11; queue 0 tag 0x1a cookie 10).
+func TestKernelTag(t *testing.T) {
+	if binary.NativeEndian.Uint16([]byte{1, 0}) != 1 {
+		t.Skip("the recorded handles are a little-endian host's")
+	}
+	for _, tc := range []struct {
+		handle uint64
+		tag    uint32
+	}{{0x3600010005000000, 0x10036}, {0x0b000000, 0}, {0x1a0000000a000000, 0x1a}} {
+		if got := initiator.KernelTag(tc.handle); got != tc.tag {
+			t.Errorf("KernelTag(%#x) = %#x, want %#x", tc.handle, got, tc.tag)
+		}
 	}
 }

@@ -10,3 +10,6 @@ func ServeAsKernel(d *Device, conn *nbd.Conn, i int) {
 	q.SetBatchEnd(conn.Flush)
 	d.serve(conn, q, true)
 }
+
+// KernelTag is kernelTag.
+var KernelTag = kernelTag

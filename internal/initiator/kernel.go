@@ -2,6 +2,7 @@ package initiator
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -302,8 +303,9 @@ func (e *staleError) Error() string { return e.msg }
 // resendGuard orders the kernel's resent writes after the copies rbdi holds.
 //
 // A request the kernel sends again (after its timeout, a failed send, or
-// the death of the rbdi that had it) keeps its tag, the low 32 bits of the
-// NBD handle (hardware queue and tag), under a new cookie (the high bits).
+// the death of the rbdi that had it) keeps its tag (hardware queue and tag,
+// blk_mq_unique_tag) under a new cookie: the driver's handle is cookie<<32 |
+// tag, copied into the request in the host's byte order (kernelTag).
 // rbdi may still hold the first copy: waiting for its queue to reconnect,
 // or out on a live connection. Were that copy to run after the resent
 // request and after the writes the kernel issues once the resent one has
@@ -322,8 +324,19 @@ const guardTags = 1024
 
 func (g *resendGuard) init(queues int) { g.held = make([]atomic.Pointer[request], queues*guardTags) }
 
+// kernelTag is the tag in a kernel NBD request's handle. The driver copies
+// its u64 (cookie<<32 | tag) into the request as it lies in memory, while
+// nbd.DecodeRequest reads the handle's 8 bytes big-endian, as an opaque
+// value: the tag is the low half of the value the bytes hold in the host's
+// order.
+func kernelTag(handle uint64) uint32 {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], handle)
+	return uint32(binary.NativeEndian.Uint64(b[:]))
+}
+
 func (g *resendGuard) index(handle uint64) (int, bool) {
-	tag := uint32(handle)
+	tag := kernelTag(handle)
 	hw, t := int(tag>>16), int(tag&0xffff)
 	i := hw*guardTags + t
 	if t >= guardTags || i >= len(g.held) {
@@ -396,13 +409,13 @@ func (g *resendGuard) await(handle uint64, d *Device, q *client.Queue) {
 			return
 		}
 		if !warned && time.Since(began) > 5*time.Second {
-			d.log.Warn("a resent write waits for its first copy, still out on the target", "tag", fmt.Sprintf("%#x", uint32(handle)))
+			d.log.Warn("a resent write waits for its first copy, still out on the target", "tag", fmt.Sprintf("%#x", kernelTag(handle)))
 			warned = true
 		}
 		time.Sleep(min(50*time.Microsecond<<min(n, 13), 200*time.Millisecond))
 	}
 	d.Stats.AddResentByKernel()
-	d.log.Debug("the kernel resent a write rbdi still held", "tag", fmt.Sprintf("%#x", uint32(handle)),
+	d.log.Debug("the kernel resent a write rbdi still held", "tag", fmt.Sprintf("%#x", kernelTag(handle)),
 		"withdrawn", withdrawn, "waited", time.Since(began).Round(time.Microsecond))
 }
 

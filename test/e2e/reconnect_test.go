@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -73,7 +74,7 @@ func TestLinkOutageUnderFio(t *testing.T) {
 // during (unless ""), calls restore, and requires fio to finish with zero
 // errors, the kernel to have logged no I/O or ext4 error, and the
 // filesystem to be writable after, on the same /dev/rbdiN.
-func fioAcross(t *testing.T, d *daemons, what, during string, disrupt, restore func()) {
+func fioAcross(t *testing.T, d *daemons, what, during string, disrupt, restore func()) (stats string) {
 	dev := d.add("/dev/ram1")
 	run(t, "mkfs.ext4", "-q", "-F", dev)
 	mnt := mount(t, dev)
@@ -115,10 +116,11 @@ func fioAcross(t *testing.T, d *daemons, what, during string, disrupt, restore f
 	if list, _, _ := d.ctl("-l"); !strings.Contains(list, "connected") || !strings.Contains(list, dev) {
 		t.Errorf("after %s, rbdctl -l does not list %s connected:\n%s", what, dev, list)
 	}
-	stats, _, _ := d.ctl("-s", "-d", dev)
+	stats, _, _ = d.ctl("-s", "-d", dev)
 	t.Logf("fio verify across %s: ok\n%s", what, stats)
 	run(t, "umount", mnt)
 	d.remove(dev)
+	return stats
 }
 
 // newKernelLines is what the kernel logged between two dmesg outputs.
@@ -177,7 +179,7 @@ func TestKernelTimeoutUnderOutage(t *testing.T) {
 	}
 	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
 		rbdiArgs: []string{"--timeout", "5s", "--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}})
-	fioAcross(t, d, "a 15 s absence of the target with a 5 s kernel timeout", "reconnecting", func() {
+	stats := fioAcross(t, d, "a 15 s absence of the target with a 5 s kernel timeout", "reconnecting", func() {
 		if err := d.rbdt.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
@@ -185,5 +187,10 @@ func TestKernelTimeoutUnderOutage(t *testing.T) {
 	}, d.restartTarget)
 	if !strings.Contains(d.ilog.String(), "the kernel dropped an NBD socket") {
 		t.Errorf("the kernel dropped no socket during the outage (the test did not test what it says):\n%s", d.ilog.String())
+	}
+	// the kernel's resends met the copies rbdi held (waiting for the
+	// reconnect): each was withdrawn first
+	if !regexp.MustCompile(`(?m)^kernel_resent\s+[1-9]`).MatchString(stats) {
+		t.Errorf("no resent write met its first copy (kernel_resent 0): the guard did not see the kernel's resends:\n%s", stats)
 	}
 }
