@@ -20,7 +20,14 @@ import (
 // I/O error and the filesystem stays writable.
 func TestTargetKilledUnderFio(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGKILL, syscall.SIGTERM} {
-		t.Run(sig.String(), func(t *testing.T) { targetGoneUnderFio(t, sig) })
+		t.Run(sig.String(), func(t *testing.T) {
+			if tr, _, _ := env(t); tr == "siw" && sig == syscall.SIGTERM {
+				// the suite's time budget: rbdt's graceful stop is above the
+				// transport, and SIGKILL covers the reconnect over soft-iWARP
+				t.Skip("over soft-iWARP the SIGKILL case covers the reconnect")
+			}
+			targetGoneUnderFio(t, sig)
+		})
 	}
 }
 
