@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
-	"os"
 	"time"
 )
 
@@ -149,12 +148,7 @@ func (m *Manager) detach(d *Device) {
 		// what the page cache holds for the device itself (not a mounted
 		// filesystem's: that is written when it is unmounted or synced)
 		// goes to the target, which makes it stable (FLUSH)
-		if f, err := os.OpenFile(d.NBDPath(), os.O_RDONLY, 0); err == nil {
-			if err := f.Sync(); err != nil {
-				d.log.Warn("flush before leaving the device", "err", err)
-			}
-			f.Close()
-		}
+		d.flushKernel("flush before leaving the device")
 		for end := time.Now().Add(5 * time.Second); !d.kernelQuiet() && time.Now().Before(end); {
 			time.Sleep(time.Millisecond)
 		}

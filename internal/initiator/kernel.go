@@ -159,6 +159,20 @@ func (k *kfront) replace() error {
 	return nil
 }
 
+// flushKernel writes back what the page cache holds for the kernel device
+// (fsync of the block device: a FLUSH, which the target makes stable); a
+// failure is logged as what.
+func (d *Device) flushKernel(what string) {
+	f, err := os.OpenFile(d.NBDPath(), os.O_RDONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		d.log.Warn(what, "err", err)
+	}
+}
+
 // startKernelFronts makes one socketpair per queue and serves rbdi's ends
 // before the kernel sees them; it returns the kernel's ends, for Connect or
 // Reconfigure (the caller closes them once the kernel has them).

@@ -606,12 +606,7 @@ func (m *Manager) Remove(ctx context.Context, name string) error {
 	// flush what the page cache holds, and the target's cache with it
 	if st != StateFailed {
 		if d.kernel {
-			if f, err := os.OpenFile(d.NBDPath(), os.O_RDONLY, 0); err == nil {
-				if err := f.Sync(); err != nil {
-					d.log.Warn("flush before removal", "err", err)
-				}
-				f.Close()
-			}
+			d.flushKernel("flush before removal")
 		} else if err := d.flushTarget(ctx); err != nil {
 			d.log.Warn("flush before removal", "err", err)
 		}

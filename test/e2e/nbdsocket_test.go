@@ -86,18 +86,18 @@ func TestNBDSocket(t *testing.T) {
 	t.Run("qemu-img convert in and out", func(t *testing.T) {
 		tmp := t.TempDir()
 		in, back := filepath.Join(tmp, "in.raw"), filepath.Join(tmp, "back.raw")
-		img := make([]byte, 64<<20)
+		img := make([]byte, 16<<20)
 		rand.Read(img)
 		if err := os.WriteFile(in, img, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		run(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", in, qemuURI)
-		run(t, "qemu-img", "convert", "-O", "raw", "--image-opts", // as QEMU's -blockdev names it
-			"driver=nbd,server.type=unix,server.path="+sock, back)
-		// qemu-img writes the whole export: compare what was given
-		run(t, "truncate", "-s", "64M", back)
+		// out again, as QEMU's -blockdev names the socket (file.*), through
+		// the raw driver's size limit: the first 16 MiB, not the whole export
+		run(t, "qemu-img", "convert", "-O", "raw", "--image-opts",
+			fmt.Sprintf("driver=raw,size=%d,file.driver=nbd,file.server.type=unix,file.server.path=%s", len(img), sock), back)
 		run(t, "cmp", in, back)
-		if a, b := hashFile(t, in), hashDevice(t, "/dev/ram1", 64<<20); a != b {
+		if a, b := hashFile(t, in), hashDevice(t, "/dev/ram1", int64(len(img))); a != b {
 			t.Fatal("the target's /dev/ram1 does not hold the image qemu-img wrote")
 		}
 	})
@@ -116,21 +116,23 @@ func TestNBDSocket(t *testing.T) {
 	t.Run("nbdcopy round trip", func(t *testing.T) {
 		tmp := t.TempDir()
 		in, back := filepath.Join(tmp, "in.raw"), filepath.Join(tmp, "back.raw")
-		img := make([]byte, 64<<20)
+		img := make([]byte, 16<<20)
 		rand.Read(img)
 		if err := os.WriteFile(in, img, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		// nbdcopy uses several connections at once (the export is multi-conn)
 		run(t, "nbdcopy", "--flush", in, uri)
-		run(t, "nbdcopy", uri, back) // the whole export
-		run(t, "cmp", "-n", fmt.Sprint(len(img)), in, back)
+		// back to a pipe, cut after the image (nbdcopy stops at the broken
+		// pipe instead of reading the whole export)
+		run(t, "sh", "-c", `nbdcopy "$1" - | head -c "$2" > "$3"`, "sh", uri, fmt.Sprint(len(img)), back)
+		run(t, "cmp", in, back)
 	})
 	t.Run("fio nbd engine verify QD16", func(t *testing.T) {
 		if out, _ := exec.Command("fio", "--enghelp").CombinedOutput(); !strings.Contains(string(out), "nbd") {
 			t.Fatalf("this fio has no nbd engine:\n%s", out)
 		}
-		fioVerify(t, uri, 0, "32m")
+		fioVerify(t, uri, 0, "12m")
 	})
 	t.Run("two clients at once", func(t *testing.T) {
 		var wg sync.WaitGroup
@@ -152,7 +154,7 @@ func TestNBDSocket(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				fioVerify(t, uri, i*64<<20, "48m")
+				fioVerify(t, uri, i*64<<20, "12m")
 			}()
 		}
 		wg.Wait()
@@ -180,19 +182,20 @@ func TestNBDSocket(t *testing.T) {
 		rand.Read(data)
 		writeDevice(t, dev, 32<<20, data)
 		back := filepath.Join(t.TempDir(), "back.raw")
-		run(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", "nbd:unix:"+sock2, back)
+		run(t, "qemu-img", "convert", "-O", "raw", "--image-opts",
+			"driver=raw,size=37748736,file.driver=nbd,file.server.type=unix,file.server.path="+sock2, back) // 36 MiB
 		b, err := os.ReadFile(back)
-		if err != nil || !bytes.Equal(b[32<<20:36<<20], data) {
+		if err != nil || len(b) < 36<<20 || !bytes.Equal(b[32<<20:36<<20], data) {
 			t.Fatalf("the socket does not show what was written to %s: %v", dev, err)
 		}
 		// both at once: the kernel device and a socket client on its queues
 		var wg sync.WaitGroup
 		wg.Add(2)
-		go func() { defer wg.Done(); fioVerify(t, "nbd+unix:///?socket="+sock2, 64<<20, "32m") }()
+		go func() { defer wg.Done(); fioVerify(t, "nbd+unix:///?socket="+sock2, 64<<20, "12m") }()
 		go func() {
 			defer wg.Done()
 			run(t, "fio", "--name=k", "--filename="+dev, "--direct=1", "--ioengine=libaio", "--rw=randwrite", "--bs=4k",
-				"--iodepth=16", "--offset=128m", "--size=32m", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0")
+				"--iodepth=16", "--offset=128m", "--size=12m", "--verify=crc32c", "--verify_fatal=1", "--verify_state_save=0")
 		}()
 		wg.Wait()
 		d.remove(dev)

@@ -733,6 +733,14 @@ func TestRogue(t *testing.T) {
 	// so over siw each group gets a target and a legitimate session of its
 	// own (one at a time: a target opens its backends exclusively).
 	transport, _, _ := env(t)
+	if transport == "siw" {
+		// Even with a target per group, siw's listener now and then stays
+		// broken (see above) and a group waits for ever for connections the
+		// kernel never completes (CI, 2026-12-01: violation burst hung until
+		// the package timeout). The cases are about the target's handling
+		// of what arrives, above the transport: soft-RoCE runs them.
+		t.Skip("Linux 6.1 siw loses its listener under this connection churn; the rogue suite runs over soft-RoCE")
+	}
 	shared := transport != "siw"
 	type world struct {
 		srv  *target.Server
