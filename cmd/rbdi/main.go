@@ -259,7 +259,8 @@ func run(cmd *cobra.Command, o *options) error {
 		return err
 	}
 	defer stopServices()
-	m.Adopt(ctx) // the devices an earlier rbdi left
+	// the devices an earlier rbdi left, then the persistent ones
+	m.Adopt(ctx)
 	for _, req := range devices { // persistent devices, in file order
 		actx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		d, err := m.Add(actx, req)

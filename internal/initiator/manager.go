@@ -86,7 +86,7 @@ const (
 	// DefaultDeadConnTimeout: how long a device's I/O waits for new sockets
 	// when all have died (rbdi stopped or restarting).
 	DefaultDeadConnTimeout = 60 * time.Second
-	maxBlockSize   = 4096 // the kernel NBD driver's largest block size (a page)
+	maxBlockSize           = 4096 // the kernel NBD driver's largest block size (a page)
 )
 
 // Manager owns the initiator's devices. Its methods are safe for concurrent use.

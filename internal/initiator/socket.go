@@ -457,7 +457,7 @@ func (s *sockServer) serveClient(c *sockClient) {
 	go c.flushLoop()
 	s.d.serve(conn, q, false)
 	s.d.wg.Done() // attach counted the client in d.wg
-	q.Kick()           // serve may return with commands staged (NBD_CMD_DISC right behind them)
+	q.Kick()      // serve may return with commands staged (NBD_CMD_DISC right behind them)
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	if err := conn.Drain(ctx); errors.Is(err, context.DeadlineExceeded) {
 		s.log.Warn("NBD socket client: requests still unanswered when its connection closed", "peer", c.peer, "pending", conn.Pending())

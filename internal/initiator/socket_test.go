@@ -48,7 +48,7 @@ type rig struct {
 	net  *memt.Network
 	ec   target.ExportConfig
 	tcfg func(*target.Config) // changes the target's configuration, if set
-	stop func() // stops the target (restart starts another)
+	stop func()               // stops the target (restart starts another)
 }
 
 // startTarget serves the rig's export on its network until stop.

@@ -35,7 +35,7 @@ type daemons struct {
 	imetrics   string
 	rbdt, rbdi *exec.Cmd
 	tlog, ilog *lockedWriter // the daemons' logs (safe to read while they write)
-	targs      []string // rbdt's arguments and environment, for restartTarget
+	targs      []string      // rbdt's arguments and environment, for restartTarget
 	tenv       []string
 	iargs      []string // rbdi's, for restartInitiator
 	ienv       []string
