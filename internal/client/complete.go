@@ -147,9 +147,11 @@ func (q *Queue) failAll() {
 
 // failControl completes a control command (OPEN, KEEPALIVE, DISCONNECT) of a
 // connection that ended: those belong to their connection and are never
-// sent again. Only once that connection's loop has stopped.
+// sent again. Only once that connection's loop has stopped. The queue's
+// supervisor and a closing control call may both get here: the CAS lets one
+// complete it.
 func (q *Queue) failControl() {
-	if s := q.control; s.state.Load() == slotSent {
+	if s := q.control; s.state.CompareAndSwap(slotSent, slotHeld) {
 		q.complete(s, Completion{Status: wire.StatusShutdown, recv: -1})
 	}
 }
