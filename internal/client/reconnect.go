@@ -166,8 +166,8 @@ func (q *Queue) takeWaitingLocked(want func(*Slot) bool) []*Slot {
 // after anything sent later. Their done functions run now, in this
 // goroutine, with ESHUTDOWN. It reports how many it withdrew, and how many
 // of owner's commands are still out on a live connection (those complete as
-// usual). rbdi withdraws the requests of a kernel NBD socket that the
-// kernel gave up on: it sends them again on the socket that replaces it.
+// usual). rbdi withdraws its copy of a write the kernel has sent again (on
+// another socket, or the one that replaced a socket it gave up on).
 func (q *Queue) Withdraw(owner uint64) (withdrawn, live int) {
 	if owner == 0 {
 		return 0, 0

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"time"
+
+	"rbd/internal/client"
 )
 
 // A restarted rbdi (systemctl restart, an upgrade, a crash and
@@ -84,7 +86,7 @@ func (m *Manager) adoptDone(st *deviceState, err error) bool {
 func (m *Manager) adoptLater(ctx context.Context, st *deviceState, deadline time.Time) {
 	delay := m.cfg.ReconnectDelay
 	if delay <= 0 {
-		delay = 2 * time.Second
+		delay = client.DefaultReconnectDelay
 	}
 	for {
 		t := time.NewTimer(delay)
@@ -152,16 +154,8 @@ func (m *Manager) detach(d *Device) {
 		for end := time.Now().Add(5 * time.Second); !d.kernelQuiet() && time.Now().Before(end); {
 			time.Sleep(time.Millisecond)
 		}
-		for _, k := range d.kfs {
-			k.close()
-		}
 	}
-	d.stop()
-	d.wg.Wait()
-	if d.sock != nil {
-		d.sock.wait()
-	}
-	d.sess.Close()
+	d.stopServing()
 	if c := m.cfg.Collector; c != nil {
 		c.Remove(d.Name())
 	}

@@ -216,7 +216,9 @@ func (d *Device) serve(conn *nbd.Conn, q *client.Queue, kernel bool) {
 		if kernel && d.traceKernel.Load() > 0 && d.traceKernel.Add(-1) >= 0 {
 			d.log.Debug("kernel request", "queue", q.Index(), "type", r.Type, "handle", fmt.Sprintf("%#x", r.Handle))
 		}
-		if kernel && modifies(r.Type) {
+		// a kernel write is ordered after rbdi's copy of it (a resend)
+		guard := kernel && modifies(r.Type)
+		if guard {
 			d.writes.await(r.Handle, d, q)
 		}
 		switch r.Type {
@@ -225,17 +227,17 @@ func (d *Device) serve(conn *nbd.Conn, q *client.Queue, kernel bool) {
 		case nbd.CmdRead:
 			d.read(conn, q, r)
 		case nbd.CmdWrite:
-			d.write(conn, q, r, kernel)
+			d.write(conn, q, r, guard)
 		case nbd.CmdFlush:
-			d.simple(conn, q, r, wire.OpFlush, 0, kernel)
+			d.simple(conn, q, r, wire.OpFlush, 0, false)
 		case nbd.CmdTrim:
-			d.simple(conn, q, r, wire.OpTrim, 0, kernel)
+			d.simple(conn, q, r, wire.OpTrim, 0, guard)
 		case nbd.CmdWriteZeroes:
 			var f uint8
 			if r.Flags&nbd.CmdFlagNoHole != 0 {
 				f = wire.FlagNoUnmap
 			}
-			d.simple(conn, q, r, wire.OpWriteZeroes, f, kernel)
+			d.simple(conn, q, r, wire.OpWriteZeroes, f, guard)
 		default:
 			conn.Reply(r.Handle, nbd.EINVAL, nil, nil)
 		}
@@ -252,7 +254,9 @@ func errnoOf(st wire.Status) uint32 {
 	return nbd.ErrnoFor(st.Err())
 }
 
-func (d *Device) begin(conn *nbd.Conn, q *client.Queue, handle uint64, op wire.Op, chunks int, kernel bool) *request {
+// begin sets up a request; guard: record it in d.writes (a kernel write,
+// see resendGuard).
+func (d *Device) begin(conn *nbd.Conn, q *client.Queue, handle uint64, op wire.Op, chunks int, guard bool) *request {
 	r := d.newRequest()
 	r.conn, r.q, r.handle, r.op = conn, q, handle, op
 	r.status.Store(0)
@@ -260,7 +264,7 @@ func (d *Device) begin(conn *nbd.Conn, q *client.Queue, handle uint64, op wire.O
 	r.slots = r.slots[:0]
 	r.comps = r.comps[:0]
 	r.pieces = r.pieces[:0]
-	r.guarded = kernel && op != wire.OpRead && op != wire.OpFlush && d.writes.hold(handle, r)
+	r.guarded = guard && d.writes.hold(handle, r)
 	if r.guarded { // only these are ever withdrawn
 		r.token.Store(d.tokens.Add(1))
 	} else {
@@ -292,8 +296,8 @@ func (d *Device) acquire(q *client.Queue, r *request) (*client.Slot, error) {
 }
 
 // simple sends a command without data (FLUSH, TRIM, WRITE_ZEROES).
-func (d *Device) simple(conn *nbd.Conn, q *client.Queue, nr nbd.Request, op wire.Op, flags uint8, kernel bool) {
-	r := d.begin(conn, q, nr.Handle, op, 1, kernel)
+func (d *Device) simple(conn *nbd.Conn, q *client.Queue, nr nbd.Request, op wire.Op, flags uint8, guard bool) {
+	r := d.begin(conn, q, nr.Handle, op, 1, guard)
 	s, err := d.acquire(q, r)
 	if err != nil {
 		r.finishEarly(wire.StatusShutdown, 1)
@@ -307,10 +311,10 @@ func (d *Device) simple(conn *nbd.Conn, q *client.Queue, nr nbd.Request, op wire
 
 // write reads the payload chunk by chunk straight into slots (the only copy)
 // and sends each chunk as it is complete.
-func (d *Device) write(conn *nbd.Conn, q *client.Queue, nr nbd.Request, kernel bool) {
+func (d *Device) write(conn *nbd.Conn, q *client.Queue, nr nbd.Request, guard bool) {
 	chunk := q.SlotSize()
 	n := max(1, (int(nr.Length)+chunk-1)/chunk)
-	r := d.begin(conn, q, nr.Handle, wire.OpWrite, n, kernel)
+	r := d.begin(conn, q, nr.Handle, wire.OpWrite, n, guard)
 	var flags uint8
 	if nr.Flags&nbd.CmdFlagFUA != 0 {
 		flags = wire.FlagFUA

@@ -198,6 +198,21 @@ func (d *Device) startKernelFronts() ([]*os.File, error) {
 	return kernel, nil
 }
 
+// stopServing ends what serves a device that is removed or left: its
+// context, the kernel sockets (Device.closing is set) and their readers,
+// the NBD socket's clients, the session.
+func (d *Device) stopServing() {
+	d.stop()
+	for _, k := range d.kfs {
+		k.close()
+	}
+	d.wg.Wait()
+	if d.sock != nil {
+		d.sock.wait()
+	}
+	d.sess.Close()
+}
+
 // stopKernelFronts closes the sockets and waits for their readers.
 func (d *Device) stopKernelFronts() {
 	d.closing.Store(true)

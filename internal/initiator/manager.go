@@ -642,15 +642,7 @@ func (m *Manager) teardown(d *Device) {
 			d.log.Warn("NBD sockets still open after disconnect; closing them")
 		}
 	}
-	d.stop()
-	for _, k := range d.kfs {
-		k.close()
-	}
-	d.wg.Wait()
-	if d.sock != nil {
-		d.sock.wait()
-	}
-	d.sess.Close()
+	d.stopServing()
 	if d.kernel {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		m.cfg.Sysfs.WaitForDisconnect(ctx, d.Index)
