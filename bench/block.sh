@@ -9,6 +9,9 @@
 #   nbd       kernel NBD to nbd-server over TCP loopback (127.0.0.1:10809)
 #   rbd-rxe   rbdt exporting /dev/ram0 + rbdi + rbdctl -n -a 10.77.0.1, fio on /dev/rbdi0
 #   rbd-siw   the same over soft-iWARP siw0 (10.79.0.1)
+#   rbd-socket  rbd over rxe0 served on rbdi's NBD Unix socket (rbdctl -n --nbd-socket
+#             --no-kernel-device), fio's nbd engine on it (--ioengine=nbd --uri=
+#             nbd+unix:///?socket=...): no kernel NBD hop; the same workloads
 # Systems are interleaved within each repetition (rep 1: every system, rep 2: every
 # system, ...; the order rotates by one each repetition). One system is set up at a
 # time on the same /dev/ram0, its data path verified (random pattern written through
@@ -32,7 +35,7 @@
 # the harness itself cannot run (no fio, no ram device, OUT_DIR not writable).
 # Env: RBD_BENCH_REPS (full 3, quick 1) RBD_BENCH_RUNTIME (s, full 8, quick 4)
 #      RBD_BENCH_RAMP (s, full 2, quick 2) RBD_BENCH_RAM_MB (full 512, quick 256)
-#      RBD_BENCH_SYSTEMS ("brd nvmeof rnbd nbd rbd-rxe rbd-siw")
+#      RBD_BENCH_SYSTEMS ("brd nvmeof rnbd nbd rbd-rxe rbd-siw rbd-socket")
 #      RBD_BENCH_WORKLOADS (full: all 8; quick: rr4k1 rr4k32 rw4k32 sr1m8 sw1m8)
 #      RBD_BENCH_BIN (rbdt/rbdi/rbdctl folder, default bin/)
 set -u
@@ -50,7 +53,7 @@ RT=${RBD_BENCH_RUNTIME:-$d_rt}
 RAMP=${RBD_BENCH_RAMP:-$d_ramp}
 RAM_MB=${RBD_BENCH_RAM_MB:-$d_mb}
 WORKLOADS=${RBD_BENCH_WORKLOADS:-$d_wl}
-SYSTEMS=${RBD_BENCH_SYSTEMS:-brd nvmeof rnbd nbd rbd-rxe rbd-siw}
+SYSTEMS=${RBD_BENCH_SYSTEMS:-brd nvmeof rnbd nbd rbd-rxe rbd-siw rbd-socket}
 BIN=${RBD_BENCH_BIN:-$ROOT/bin}
 EXTRA=${RBD_VM_CACHE:-$ROOT/test/vm/cache}/modules-extra
 RAM=/dev/ram0
@@ -84,7 +87,7 @@ pin() {
     done
   done
 }
-pin fio touch dash sh stat sort head tail awk grep timeout sync tr "$BIN/rbdt" "$BIN/rbdi" "$BIN/rbdctl"
+pin fio touch dash sh stat sort head tail awk grep timeout sync tr qemu-io "$BIN/rbdt" "$BIN/rbdi" "$BIN/rbdctl"
 
 # ---- workloads: name -> fio arguments (all libaio, direct, time_based with ramp)
 wl_args() {
@@ -101,9 +104,10 @@ wl_args() {
   esac
 }
 
-# ---- per-system set-up / teardown; setup_X sets DEV (the device fio uses) and
-# DPIDS ("rbdi PID rbdt PID" for rbd); on failure it sets REASON and returns 1.
-DEV= DPIDS= REASON= RBDI= RBDT= NBDSRV=
+# ---- per-system set-up / teardown; setup_X sets DEV (the device fio uses; for
+# rbd-socket the NBD URI, and URI too) and DPIDS ("rbdi PID rbdt PID" for rbd); on
+# failure it sets REASON and returns 1.
+DEV= URI= DPIDS= REASON= RBDI= RBDT= NBDSRV=
 wait_dev() { local i; for i in $(seq 1 100); do [ -b "$1" ] && return 0; sleep 0.1; done; return 1; }
 
 setup_brd() { DEV=$RAM; }
@@ -188,39 +192,58 @@ teardown_nbd() {
   NBDSRV=; sleep 0.5; return 0
 }
 
-setup_rbd() { # setup_rbd ADDR
+setup_rbd() { # setup_rbd ADDR [rbdctl -n options: the NBD socket]
   local addr=$1 i
+  shift
   "$BIN/rbdt" --listen "$addr" --export $RAM --control "$W/rbdt.sock" > "$W/rbdt.log" 2>&1 & RBDT=$!
   for i in $(seq 1 100); do [ -S "$W/rbdt.sock" ] && grep -q listening "$W/rbdt.log" && break; sleep 0.1; done
   kill -0 $RBDT 2>/dev/null || { REASON="rbdt exited: $(tail -1 "$W/rbdt.log")"; return 1; }
   "$BIN/rbdi" --control "$W/rbdi.sock" > "$W/rbdi.log" 2>&1 & RBDI=$!
   for i in $(seq 1 100); do [ -S "$W/rbdi.sock" ] && break; sleep 0.1; done
   kill -0 $RBDI 2>/dev/null || { REASON="rbdi exited: $(tail -1 "$W/rbdi.log")"; return 1; }
-  DEV=$(timeout 90 "$BIN/rbdctl" --socket "$W/rbdi.sock" -n -a "$addr" -d $RAM 2> "$W/rbdctl.err") ||
+  DEV=$(timeout 90 "$BIN/rbdctl" --socket "$W/rbdi.sock" -n -a "$addr" -d $RAM "$@" 2> "$W/rbdctl.err") ||
     { REASON="rbdctl -n failed: $(tail -1 "$W/rbdctl.err")"; return 1; }
-  wait_dev "$DEV" || { REASON="no $DEV after rbdctl -n"; return 1; }
+  if [ $# = 0 ]; then
+    wait_dev "$DEV" || { REASON="no $DEV after rbdctl -n"; return 1; }
+  else # on the NBD socket only: rbdctl printed rbdiN
+    RBDNAME=$DEV DEV="nbd+unix:///?socket=$W/nbd.sock" URI="nbd+unix:///?socket=$W/nbd.sock"
+    [ -S "$W/nbd.sock" ] || { REASON="no NBD socket $W/nbd.sock after rbdctl -n"; return 1; }
+  fi
   DPIDS="$RBDI $RBDT"
 }
 teardown_rbd() {
   [ -n "$DEV" ] && [ -e "$DEV" ] && timeout 60 "$BIN/rbdctl" --socket "$W/rbdi.sock" -r -d "$DEV" > /dev/null 2>&1
+  [ -n "$RBDNAME" ] && timeout 60 "$BIN/rbdctl" --socket "$W/rbdi.sock" -r -d "$RBDNAME" > /dev/null 2>&1
   local p
   for p in $RBDI $RBDT; do kill "$p" 2>/dev/null; done
   for p in $RBDI $RBDT; do timeout 20 tail --pid="$p" -f /dev/null; kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   for p in rbdt rbdi; do [ -s "$W/$p.log" ] && { echo "  $p log tail:"; tail -3 "$W/$p.log" | sed 's/^/    /'; }; done
-  RBDI= RBDT= DPIDS=; rm -f "$W"/rbd?.sock; return 0
+  RBDI= RBDT= DPIDS= RBDNAME= URI=; rm -f "$W"/rbd?.sock "$W"/nbd.sock; return 0
 }
+RBDNAME=
 setup_rbd-rxe() { setup_rbd 10.77.0.1; }
 setup_rbd-siw() { setup_rbd 10.79.0.1; }
+setup_rbd-socket() {
+  fio --enghelp 2>/dev/null | grep -qw nbd || { REASON="this fio has no nbd engine (fio --enghelp)"; return 1; }
+  setup_rbd 10.77.0.1 --nbd-socket "$W/nbd.sock" --no-kernel-device
+}
 teardown_rbd-rxe() { teardown_rbd; }
 teardown_rbd-siw() { teardown_rbd; }
+teardown_rbd-socket() { teardown_rbd; }
 
 # ---- data-path check: random pattern through DEV, read back from RAM (O_DIRECT)
 verify() {
   local mb=8 off
   off=$(( (RANDOM % (RAM_MB / mb - 1)) * mb ))
   head -c $((mb << 20)) /dev/urandom > "$W/pat"
-  timeout 120 dd if="$W/pat" of="$DEV" bs=1M seek=$off oflag=direct conv=fsync status=none 2> "$W/dd.err" ||
-    { REASON="verify: write through $DEV failed: $(tail -1 "$W/dd.err")"; return 1; }
+  if [ -n "$URI" ]; then # an NBD socket: qemu-io writes the pattern file, then flushes
+    timeout 120 qemu-io -f raw -c "write -s $W/pat $((off << 20)) ${mb}M" -c flush "nbd:unix:$W/nbd.sock" > "$W/dd.err" 2>&1 &&
+      ! grep -q -i fail "$W/dd.err" ||
+      { REASON="verify: write through $DEV failed: $(tail -1 "$W/dd.err")"; return 1; }
+  else
+    timeout 120 dd if="$W/pat" of="$DEV" bs=1M seek=$off oflag=direct conv=fsync status=none 2> "$W/dd.err" ||
+      { REASON="verify: write through $DEV failed: $(tail -1 "$W/dd.err")"; return 1; }
+  fi
   dd if=$RAM of="$W/back" bs=1M skip=$off count=$mb iflag=direct status=none 2> "$W/dd.err" ||
     { REASON="verify: read of $RAM failed: $(tail -1 "$W/dd.err")"; return 1; }
   cmp -s "$W/pat" "$W/back" || { REASON="verify: data read back from $RAM differs from what was written through $DEV ($(cmp "$W/pat" "$W/back" 2>&1 | head -1))"; return 1; }
@@ -229,7 +252,7 @@ verify() {
 
 set_sched() { # scheduler none on DEV (and the backend)
   local d b
-  for d in "$DEV" $RAM; do
+  for d in $([ -z "$URI" ] && echo "$DEV") $RAM; do
     b=$(basename "$(realpath "$d")")
     [ -w /sys/block/$b/queue/scheduler ] && echo none > /sys/block/$b/queue/scheduler 2>/dev/null
   done
@@ -277,15 +300,18 @@ mtimes() { local f; for f in "$@"; do [ -e "$f" ] && stat -c %.6Y "$f"; done; }
 
 # run_wl SYSTEM WORKLOAD REP: one fio run and its samples
 run_wl() {
-  local sys=$1 wl=$2 rep=$3 args json smp t0 t1
+  local sys=$1 wl=$2 rep=$3 args json smp t0 t1 target
   args=$(wl_args "$wl") || { log "unknown workload $wl"; return; }
+  # the device with libaio and O_DIRECT, or an NBD socket with fio's nbd engine (libnbd)
+  target="--filename=$DEV --ioengine=libaio --direct=1"
+  [ -n "$URI" ] && target="--ioengine=nbd --uri=$URI"
   json=$OUT/fio/$sys.$wl.r$rep.json
   smp=samples/$sys.$wl.r$rep.txt
   sync; echo 3 > /proc/sys/vm/drop_caches; set_sched
   rm -f "$W"/start.* "$W"/end.*
   sampler "$OUT/$smp" & local sp=$!
   # shellcheck disable=SC2086
-  timeout $((RT + RAMP + 120)) fio --name="$wl" --filename="$DEV" --ioengine=libaio --direct=1 --time_based \
+  timeout $((RT + RAMP + 120)) fio --name="$wl" $target --time_based \
     --runtime="$RT" --ramp_time="$RAMP" --clocksource=clock_gettime --group_reporting --randrepeat=0 --norandommap $args \
     --exec_prerun="touch $W/start.\$\$" --exec_postrun="touch $W/end.\$\$" \
     --output-format=json --output="$json" > "$W/fio.err" 2>&1
@@ -311,13 +337,13 @@ for rep in $(seq 1 "$REPS"); do
   # rotate the order by one each repetition
   order=$(echo $SYSTEMS | tr ' ' '\n' | awk -v k=$(( (rep - 1) % NSYS )) '{a[NR-1]=$0} END {for (i=0;i<NR;i++) print a[(i+k)%NR]}')
   for sys in $order; do
-    DEV= DPIDS= REASON=
+    DEV= URI= DPIDS= REASON=
     log "== rep $rep: $sys"
     status=ok
     if ! "setup_$sys"; then status=setup-failed
     elif ! verify; then status=verify-failed
     fi
-    [ $status = ok ] && log "  $DEV verified ($(basename "$(realpath "$DEV")"))" || log "  $status: $REASON"
+    [ $status = ok ] && log "  $DEV verified ($([ -n "$URI" ] && echo "NBD socket" || basename "$(realpath "$DEV")"))" || log "  $status: $REASON"
     printf '{"system":"%s","rep":%d,"status":"%s","reason":"%s","device":"%s"}\n' "$sys" "$rep" $status \
       "$(echo "$REASON" | tr -d '"\\' | tr '\n\t' '  ')" "$DEV" >> "$OUT/systems.jsonl"
     if [ $status = ok ]; then

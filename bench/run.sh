@@ -3,7 +3,8 @@
 #
 #   BENCH=full  (default) the block-device benchmark: one guest boot runs
 #               bench/block.sh, which times brd, kernel NVMe-oF/RDMA, RNBD, NBD/TCP
-#               (nbd-server) and rbd over soft-RoCE and soft-iWARP on one brd device,
+#               (nbd-server), rbd over soft-RoCE and soft-iWARP, and rbd over
+#               soft-RoCE on its NBD socket (fio's nbd engine) on one brd device,
 #               8 fio workloads, 3 interleaved repetitions (~70 min under TCG
 #               on a 2-core host: each run costs ~15 s of set-up beyond its 10 s).
 #   BENCH=quick the same structure, 5 workloads, shorter runs, 1 repetition (~15 min).

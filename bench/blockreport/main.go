@@ -24,7 +24,7 @@ import (
 )
 
 // systems in report order, with their labels
-var sysOrder = []string{"brd", "nvmeof", "rnbd", "nbd", "rbd-rxe", "rbd-siw"}
+var sysOrder = []string{"brd", "nvmeof", "rnbd", "nbd", "rbd-rxe", "rbd-siw", "rbd-socket"}
 var sysLabel = map[string]string{
 	"brd":     "brd (local RAM)",
 	"nvmeof":  "NVMe-oF/RDMA (rxe)",
@@ -32,8 +32,10 @@ var sysLabel = map[string]string{
 	"nbd":     "NBD/TCP nbd-server",
 	"rbd-rxe": "rbd (rxe)",
 	"rbd-siw": "rbd (siw)",
+	// rbdi's NBD Unix socket, fio's nbd engine: no kernel NBD hop
+	"rbd-socket": "rbd (rxe) on its NBD socket",
 }
-var sysShort = map[string]string{"brd": "brd", "nvmeof": "NVMe-oF", "rnbd": "RNBD", "nbd": "NBD/TCP", "rbd-rxe": "rbd rxe", "rbd-siw": "rbd siw"}
+var sysShort = map[string]string{"brd": "brd", "nvmeof": "NVMe-oF", "rnbd": "RNBD", "nbd": "NBD/TCP", "rbd-rxe": "rbd rxe", "rbd-siw": "rbd siw", "rbd-socket": "rbd socket"}
 
 type workload struct {
 	name, label string
@@ -275,7 +277,9 @@ func main() {
 		"Guest CPU µs/I/O = busy jiffies of /proc/stat (sampled every 0.2 s) over the samples inside fio's timed phase ÷ (fio IOPS × that window); " +
 		"it counts everything in the guest (fio, kernel, daemons, the emulated RDMA device). " +
 		"RDMA systems all use soft-RoCE rxe0 (10.77.0.1) except rbd (siw) on soft-iWARP siw0 (10.79.0.1). " +
-		"nbd-server does buffered I/O on /dev/ram0 (it has no O_DIRECT option), one TCP connection.\n\n")
+		"nbd-server does buffered I/O on /dev/ram0 (it has no O_DIRECT option), one TCP connection. " +
+		"rbd on its NBD socket: the same rbd over rxe0, served on rbdi's NBD Unix socket with no kernel device, fio's nbd engine " +
+		"(libnbd, one connection per job) instead of libaio on /dev/rbdiN: the difference to rbd (rxe) is the kernel NBD hop.\n\n")
 
 	p("## Systems\n\n| system | status |\n|---|---|\n")
 	for _, s := range systems {
@@ -302,17 +306,18 @@ func main() {
 	for _, s := range systems {
 		p(" %s |", sysLabel[s])
 	}
-	p(" rbd (rxe) ÷ NVMe-oF | hop ceiling ÷ NVMe-oF (other boot) |\n|---|")
+	p(" rbd (rxe) ÷ NVMe-oF | hop ceiling ÷ NVMe-oF (other boot) | rbd socket ÷ rbd (rxe) |\n|---|")
 	for range systems {
 		p("---:|")
 	}
-	p("---:|---:|\n")
+	p("---:|---:|---:|\n")
 	for _, w := range wls {
 		p("| %s |", w.label)
 		for _, s := range systems {
 			p(" %s |", cell(s, w))
 		}
-		p(" %s | %s |\n", ratio(meds["rbd-rxe"][w.name], meds["nvmeof"][w.name]), hopVsNvme(w.name))
+		p(" %s | %s | %s |\n", ratio(meds["rbd-rxe"][w.name], meds["nvmeof"][w.name]), hopVsNvme(w.name),
+			ratio(meds["rbd-socket"][w.name], meds["rbd-rxe"][w.name]))
 	}
 
 	p("\n## How far is rbd from each peer\n\n")
@@ -350,7 +355,7 @@ func main() {
 	p("\n## rbd daemons (median per I/O; CPU = utime+stime of all threads, context switches = voluntary + involuntary, over the same window)\n\n")
 	p("| workload | system | rbdi CPU µs/I/O | rbdt CPU µs/I/O | rbdi ctxsw/I/O | rbdt ctxsw/I/O | guest CPU µs/I/O |\n|---|---|---:|---:|---:|---:|---:|\n")
 	for _, w := range wls {
-		for _, s := range []string{"rbd-rxe", "rbd-siw"} {
+		for _, s := range []string{"rbd-rxe", "rbd-siw", "rbd-socket"} {
 			m := meds[s][w.name]
 			if m == nil {
 				if present[s] {
@@ -481,7 +486,7 @@ func (r *run) evaluate(dir string, clk, ramp float64) {
 }
 
 func plot(dir string, wls []workload, meds map[string]map[string]*med, meta map[string]any) {
-	peers := []string{"nvmeof", "rnbd", "nbd", "rbd-rxe", "rbd-siw"}
+	peers := []string{"nvmeof", "rnbd", "nbd", "rbd-rxe", "rbd-siw", "rbd-socket"}
 	var dat bytes.Buffer
 	fmt.Fprintf(&dat, "%q", "workload")
 	for _, s := range peers {
@@ -530,7 +535,7 @@ set xrange [-0.6:%d-0.4]
 set xtics nomirror
 set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb "black"
 `, meta["mode"], meta["reps"], meta["kernel"], maxv*1.15, len(wls))
-	colors := []string{"#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"}
+	colors := []string{"#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"}
 	fmt.Fprintf(&gp, "plot ")
 	for i := range peers {
 		if i > 0 {
@@ -558,8 +563,11 @@ set arrow from graph 0, first 1 to graph 1, first 1 nohead dt 2 lw 2 lc rgb "bla
 
 func howFar(w workload, meds map[string]map[string]*med, why map[string]string) string {
 	var parts []string
-	for _, r := range []string{"rbd-rxe", "rbd-siw"} {
+	for _, r := range []string{"rbd-rxe", "rbd-siw", "rbd-socket"} {
 		rm := meds[r][w.name]
+		if rm == nil && r == "rbd-socket" {
+			continue // an older run, or not asked for
+		}
 		if rm == nil {
 			parts = append(parts, sysLabel[r]+" has no figure")
 			continue
@@ -572,7 +580,7 @@ func howFar(w workload, meds map[string]map[string]*med, why map[string]string) 
 				vs = append(vs, sysShort[s]+" n/a")
 			}
 		}
-		if r == "rbd-siw" {
+		if r == "rbd-siw" || r == "rbd-socket" {
 			if m := meds["rbd-rxe"][w.name]; m != nil {
 				vs = append(vs, ratio(rm, m)+" rbd rxe")
 			}

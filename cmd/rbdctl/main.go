@@ -38,6 +38,10 @@ type options struct {
 	readOnly                     bool
 	verb                         string // the command given instead of -n, -r, -l, -s
 	timeout                      time.Duration
+
+	// the NBD socket of a new device (--nbd-socket ...)
+	nbdSocket, socketMode, socketOwner string
+	noKernelDevice                     bool
 }
 
 // Exit codes, as rbdctl(8) documents them.
@@ -125,6 +129,10 @@ func addrFlags(c *cobra.Command, o *options) {
 	f.IntVarP(&o.queues, "queues", "q", 0, "RDMA queues for the new device (default: rbdi's)")
 	f.BoolVar(&o.readOnly, "read-only", false, "map the new device read-only")
 	f.BoolVar(&o.noReuse, "no-reuse", false, "fail when this host has the export mapped already (default: print that device)")
+	f.StringVar(&o.nbdSocket, "nbd-socket", "", "also serve the new device on this NBD Unix socket (QEMU, qemu-img, nbdcopy, fio's nbd engine)")
+	f.BoolVar(&o.noKernelDevice, "no-kernel-device", false, "make no /dev/rbdiN, serve the device on --nbd-socket only")
+	f.StringVar(&o.socketMode, "socket-mode", "", "permissions of the NBD socket, octal (default 0600: root only)")
+	f.StringVar(&o.socketOwner, "socket-owner", "", "owner of the NBD socket, USER[:GROUP] (default: rbdi's, root)")
 }
 
 func devFlag(c *cobra.Command, o *options, usage string) {
@@ -176,7 +184,7 @@ rbdctl list, rbdctl stats -d DEV. Exit status: 0 done, 1 failed, 2 usage.`,
 			RunE: action(&o, func() { *set, o.verb = true, strings.Fields(use)[0] })}
 		return v
 	}
-	mapCmd := verb("map -a ADDR -d DEV [-p PORT] [-q N] [--read-only] [--no-reuse]", "add a device, as -n (prints /dev/rbdiN)", &o.add)
+	mapCmd := verb("map -a ADDR -d DEV [-p PORT] [-q N] [--read-only] [--no-reuse] [--nbd-socket PATH [--no-kernel-device]]", "add a device, as -n (prints /dev/rbdiN)", &o.add)
 	addrFlags(mapCmd, &o)
 	devFlag(mapCmd, &o, "the device on the target, e.g. /dev/ram0")
 	unmapCmd := verb("unmap -d /dev/rbdiN", "remove a device, as -r", &o.remove)
@@ -249,6 +257,9 @@ func run(cmd *cobra.Command, o *options) error {
 		if o.addr == "" || o.dev == "" {
 			return &usageError{fmt.Errorf("%s needs the target address (-a ADDR) and the device on the target (-d /dev/...)", o.flagName("-n"))}
 		}
+		if o.nbdSocket == "" && (o.noKernelDevice || o.socketMode != "" || o.socketOwner != "") {
+			return &usageError{errors.New("--no-kernel-device, --socket-mode and --socket-owner need --nbd-socket PATH")}
+		}
 		return add(ctx, cmd, o)
 	case o.remove:
 		if o.dev == "" {
@@ -310,6 +321,14 @@ func add(ctx context.Context, cmd *cobra.Command, o *options) error {
 	if o.noReuse {
 		req["no_reuse"] = true // only then: an older rbdi refuses unknown fields
 	}
+	for k, v := range map[string]string{"nbd_socket": o.nbdSocket, "socket_mode": o.socketMode, "socket_owner": o.socketOwner} {
+		if v != "" {
+			req[k] = v
+		}
+	}
+	if o.noKernelDevice {
+		req["no_kernel_device"] = true
+	}
 	var d DeviceInfo
 	if err := rbdi(o).Do(ctx, "POST", "/v1/devices", req, &d); err != nil {
 		return explain(err, "rbdi", o.socket)
@@ -323,6 +342,10 @@ func add(ctx context.Context, cmd *cobra.Command, o *options) error {
 	}
 	if o.output == "json" {
 		return printJSON(cmd.OutOrStdout(), d)
+	}
+	if d.Path == "" { // on an NBD socket only: rbdiN names it (rbdctl -r -d rbdiN)
+		fmt.Fprintln(cmd.OutOrStdout(), d.Name)
+		return nil
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), d.Path)
 	return nil
@@ -384,7 +407,15 @@ func list(ctx context.Context, cmd *cobra.Command, o *options) error {
 	}
 	if !iDown {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEVICE\tNBD\tTARGET\tEXPORT\tSTATE\tSIZE\tQUEUES\tMODE")
+		sockets := false // the SOCKET column only when a device has one
+		for _, d := range devs {
+			sockets = sockets || d.NBDSocket != ""
+		}
+		if sockets {
+			fmt.Fprintln(tw, "DEVICE\tNBD\tTARGET\tEXPORT\tSTATE\tSIZE\tQUEUES\tMODE\tSOCKET")
+		} else {
+			fmt.Fprintln(tw, "DEVICE\tNBD\tTARGET\tEXPORT\tSTATE\tSIZE\tQUEUES\tMODE")
+		}
 		for _, d := range devs {
 			mode := "rw"
 			if d.ReadOnly {
@@ -394,7 +425,19 @@ func list(ctx context.Context, cmd *cobra.Command, o *options) error {
 			if d.Reason != "" {
 				state += " (" + d.Reason + ")"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", d.Path, d.NBD, d.TargetAddr, d.Export, state, stats.HumanBytes(d.Size), d.Queues, mode)
+			path, nbdDev := d.Path, d.NBD
+			if path == "" { // no kernel device
+				path, nbdDev = d.Name, "-"
+			}
+			if !sockets {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", path, nbdDev, d.TargetAddr, d.Export, state, stats.HumanBytes(d.Size), d.Queues, mode)
+				continue
+			}
+			sock := "-"
+			if d.NBDSocket != "" {
+				sock = fmt.Sprintf("%s (%d %s)", d.NBDSocket, d.SocketClients, plural(d.SocketClients, "client", "clients"))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", path, nbdDev, d.TargetAddr, d.Export, state, stats.HumanBytes(d.Size), d.Queues, mode, sock)
 		}
 		tw.Flush()
 	}
@@ -453,6 +496,10 @@ func showStats(ctx context.Context, cmd *cobra.Command, o *options) error {
 		if o.output == "json" {
 			return printJSON(w, res)
 		}
+		if res.Device.Path == "" { // on an NBD socket only
+			fmt.Fprintf(w, "%s (NBD socket %s): %s on %s, %s\n", res.Device.Name, res.Device.NBDSocket, res.Device.Export, res.Device.TargetAddr, res.Device.State)
+			return res.Stats.WriteText(w)
+		}
 		fmt.Fprintf(w, "%s (%s): %s on %s, %s\n", res.Device.Path, res.Device.NBD, res.Device.Export, res.Device.TargetAddr, res.Device.State)
 		return res.Stats.WriteText(w)
 	}
@@ -489,6 +536,13 @@ func showStats(ctx context.Context, cmd *cobra.Command, o *options) error {
 		return explain(ierr, "rbdi", o.socket)
 	}
 	return explain(terr, "rbdt", o.targetSocket)
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func printJSON(w io.Writer, v any) error {

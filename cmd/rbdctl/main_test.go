@@ -285,3 +285,58 @@ func TestCompletion(t *testing.T) {
 		t.Errorf("__complete -o: %d\n%s", code, out)
 	}
 }
+
+// TestNBDSocket: --nbd-socket and its options reach rbdi (and only when
+// given); a device on a socket only prints its name, and -l shows the
+// socket with its clients.
+func TestNBDSocket(t *testing.T) {
+	var got map[string]any
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/devices", func(w http.ResponseWriter, r *http.Request) {
+		got = nil
+		json.NewDecoder(r.Body).Decode(&got)
+		info := DeviceInfo{Name: "rbdi1", Path: "/dev/rbdi1", NBD: "/dev/nbd1"}
+		if got["no_kernel_device"] == true {
+			info.Path, info.NBD = "", ""
+		}
+		daemon.WriteJSON(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("GET /v1/devices", func(w http.ResponseWriter, r *http.Request) {
+		daemon.WriteJSON(w, http.StatusOK, []DeviceInfo{
+			{Name: "rbdi0", Path: "/dev/rbdi0", NBD: "/dev/nbd0", Export: "/dev/ram0", State: "connected"},
+			{Name: "rbdi1", Export: "/dev/ram1", State: "connected", NBDSocket: "/run/rbd/vm1.sock", SocketClients: 2},
+		})
+	})
+	sock := fakeDaemon(t, mux)
+	none := filepath.Join(t.TempDir(), "none.sock")
+	for _, tc := range []struct {
+		args []string
+		out  string
+		want map[string]any // fields sent; nil value: must be absent
+	}{
+		{[]string{"-n", "-a", "10.0.0.1", "-d", "/dev/ram1"}, "/dev/rbdi1\n",
+			map[string]any{"nbd_socket": nil, "no_kernel_device": nil, "socket_mode": nil, "socket_owner": nil}},
+		{[]string{"-n", "-a", "10.0.0.1", "-d", "/dev/ram1", "--nbd-socket", "/run/rbd/vm1.sock"}, "/dev/rbdi1\n",
+			map[string]any{"nbd_socket": "/run/rbd/vm1.sock", "no_kernel_device": nil}},
+		{[]string{"map", "-a", "10.0.0.1", "-d", "/dev/ram1", "--nbd-socket", "/run/rbd/vm1.sock", "--no-kernel-device", "--socket-mode", "0660", "--socket-owner", "root:kvm"}, "rbdi1\n",
+			map[string]any{"nbd_socket": "/run/rbd/vm1.sock", "no_kernel_device": true, "socket_mode": "0660", "socket_owner": "root:kvm"}},
+	} {
+		out, err := rbdctl(t, append([]string{"--socket", sock}, tc.args...)...)
+		if err != nil || out != tc.out {
+			t.Fatalf("%q: %q %v, want %q", tc.args, out, err, tc.out)
+		}
+		for k, v := range tc.want {
+			if gv, ok := got[k]; v == nil && ok || v != nil && gv != v {
+				t.Errorf("%q: sent %s = %v (present %v), want %v", tc.args, k, gv, ok, v)
+			}
+		}
+	}
+	if code, _, serr := runMain(t, "--socket", sock, "-n", "-a", "10.0.0.1", "-d", "/dev/ram1", "--no-kernel-device"); code != 2 || !strings.Contains(serr, "need --nbd-socket") {
+		t.Fatalf("--no-kernel-device alone: exit %d, %q", code, serr)
+	}
+	out, err := rbdctl(t, "--socket", sock, "--target-socket", none, "-l")
+	if err != nil || !strings.Contains(out, "SOCKET") || !strings.Contains(out, "/run/rbd/vm1.sock (2 clients)") ||
+		!regexp.MustCompile(`(?m)^rbdi1\s+-\s`).MatchString(out) {
+		t.Fatalf("-l with an NBD socket: %v\n%s", err, out)
+	}
+}

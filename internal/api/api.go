@@ -25,6 +25,11 @@ type Device struct {
 	SlotSize   int       `json:"slot_size"`
 	Inline     int       `json:"inline"`
 	Since      time.Time `json:"since"`
+	// NBDSocket is the NBD Unix socket the device is served on (rbdctl -n
+	// --nbd-socket), SocketClients how many clients are connected to it.
+	// Without a kernel device (--no-kernel-device) Path and NBD are empty.
+	NBDSocket     string `json:"nbd_socket,omitempty"`
+	SocketClients int    `json:"socket_clients,omitempty"`
 	// Existing, in the answer to an add, says that this host had the export
 	// (same target address, port and export) mapped already, as this
 	// device: rbdi answers with it instead of mapping it twice.

@@ -151,7 +151,10 @@ type Queue struct {
 	control *Slot // the last slot: OPEN, KEEPALIVE, DISCONNECT
 	ctlMu   sync.Mutex
 
-	staged     []verbs.SendWR // Stage's batch, posted by Kick
+	// stageMu guards Stage's batch, posted by Kick: several NBD readers
+	// (the kernel's socket and NBD socket clients) may stage on one queue.
+	stageMu    sync.Mutex
+	staged     []verbs.SendWR
 	stagedConn *qconn
 
 	// subMu orders marking commands sent (prepare, shared) against

@@ -93,10 +93,12 @@ func (q *Queue) reconnect(lost time.Time, why string) (*qconn, error) {
 		c, err := q.dialOpen(ctx)
 		cancel()
 		if err == nil {
+			// connected (OPENed) before the resends go out: a resent command
+			// may complete at once, and its owner then sees the queue connected
+			q.setState(QueueState{State: StateConnected, Since: time.Now()})
 			n := q.resend(c)
 			q.stats.AddReconnect()
 			q.log.Info("reconnected", "attempt", attempt, "after", time.Since(lost).Round(time.Millisecond), "resent", n)
-			q.setState(QueueState{State: StateConnected, Since: time.Now()})
 			return c, nil
 		}
 		var pe *permanentError

@@ -28,14 +28,17 @@ func (s *Slot) Submit(op wire.Op, flags uint8, offset uint64, length uint32, don
 
 // Stage is Submit for a batch: the command's work requests wait in the
 // queue's batch until Kick (or until the batch is full) and then go out in
-// one post, one doorbell. Stage and Kick belong to one goroutine (rbdi's NBD
-// reader of the queue); Submit may run beside them.
+// one post, one doorbell. Stage, Kick and Submit are safe for concurrent use
+// (rbdi's NBD readers of a queue: the kernel's socket and NBD socket
+// clients); a goroutine that staged must Kick before it waits, since only
+// Kick (or a full batch) posts.
 func (s *Slot) Stage(op wire.Op, flags uint8, offset uint64, length uint32, done func(*Slot, Completion)) error {
 	c, n, err := s.prepare(nil, op, flags, offset, length, done)
 	if err != nil || n == 0 {
 		return err
 	}
 	q := s.q
+	q.stageMu.Lock()
 	if q.stagedConn != c { // what is staged for an older connection is resent on this one
 		clear(q.staged)
 		q.staged = q.staged[:0]
@@ -43,13 +46,20 @@ func (s *Slot) Stage(op wire.Op, flags uint8, offset uint64, length uint32, done
 	}
 	q.staged = append(q.staged, s.wrs[:n]...)
 	if len(q.staged) >= verbs.MaxChain-2 {
-		q.Kick()
+		q.kickLocked()
 	}
+	q.stageMu.Unlock()
 	return nil
 }
 
 // Kick posts the staged commands.
 func (q *Queue) Kick() {
+	q.stageMu.Lock()
+	q.kickLocked()
+	q.stageMu.Unlock()
+}
+
+func (q *Queue) kickLocked() {
 	if len(q.staged) == 0 {
 		return
 	}

@@ -30,7 +30,8 @@ const (
 // DeviceStates are all the states, as rbd_device_state's state label has them.
 var DeviceStates = []string{StateConnecting, StateConnected, StateReconnecting, StateFailed, StateRemoving}
 
-// Device is one remote export shown as /dev/rbdiN (a link to /dev/nbdX).
+// Device is one remote export shown as /dev/rbdiN (a link to /dev/nbdX),
+// or served on an NBD Unix socket (socket.go), or both.
 type Device struct {
 	Num        int    // N of rbdiN
 	Index      uint32 // X of nbdX
@@ -43,23 +44,62 @@ type Device struct {
 
 	log   *slog.Logger
 	sess  *client.Session
-	conns []*nbd.Conn
+	conns []*nbd.Conn // the kernel's sockets, one per queue
 	ctx   context.Context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
 	state atomic.Value // string
 	why   atomic.Value // string
 	pool  sync.Pool
+
+	// kernel: the device has a kernel NBD device (/dev/nbdX, /dev/rbdiN);
+	// sock serves its NBD socket (nil: none).
+	kernel bool
+	sock   *sockServer
 }
 
 // Name is the device's name, rbdiN.
 func (d *Device) Name() string { return "rbdi" + itoa(d.Num) }
 
-// Path is /dev/rbdiN.
-func (d *Device) Path() string { return "/dev/" + d.Name() }
+// Path is /dev/rbdiN ("" without a kernel device).
+func (d *Device) Path() string {
+	if !d.kernel {
+		return ""
+	}
+	return "/dev/" + d.Name()
+}
 
-// NBDPath is /dev/nbdX.
-func (d *Device) NBDPath() string { return nbd.DevicePath(d.Index) }
+// NBDPath is /dev/nbdX ("" without a kernel device).
+func (d *Device) NBDPath() string {
+	if !d.kernel {
+		return ""
+	}
+	return nbd.DevicePath(d.Index)
+}
+
+// Socket is the device's NBD socket ("" without one).
+func (d *Device) Socket() string {
+	if d.sock == nil {
+		return ""
+	}
+	return d.sock.cfg.path
+}
+
+// ref is what rbdctl -r -d takes: /dev/rbdiN, or rbdiN without a kernel device.
+func (d *Device) ref() string {
+	if d.kernel {
+		return d.Path()
+	}
+	return d.Name()
+}
+
+// String names the device in messages: /dev/rbdiN, or rbdiN and its socket.
+func (d *Device) String() string {
+	if d.kernel {
+		return d.Path()
+	}
+	return d.Name() + " (NBD socket " + d.Socket() + ")"
+}
 
 // State is the device's state and, when failed or reconnecting, why. A
 // connected device whose queue reconnects is reconnecting, with the attempt,
@@ -90,9 +130,14 @@ func (d *Device) Info() api.Device {
 	st, why := d.State()
 	s := d.sess
 	qs := s.Queues()
-	return api.Device{Name: d.Name(), Path: d.Path(), NBD: d.NBDPath(), Target: d.TargetName, TargetAddr: d.Target.String(),
+	info := api.Device{Name: d.Name(), Path: d.Path(), NBD: d.NBDPath(), Target: d.TargetName, TargetAddr: d.Target.String(),
 		Export: d.Export, State: st, Reason: why, Size: s.Export.Size, BlockSize: s.Export.LogicalBlockSize,
 		ReadOnly: d.ReadOnly, Queues: len(qs), SlotSize: qs[0].SlotSize(), Inline: qs[0].Inline(), Since: d.Since}
+	if d.sock != nil {
+		info.NBDSocket = d.sock.cfg.path
+		info.SocketClients = d.sock.clientCount()
+	}
+	return info
 }
 
 // request is one NBD request in flight, served in one or more chunks of at
@@ -124,8 +169,8 @@ func (d *Device) newRequest() *request {
 	return r
 }
 
-// serve carries NBD requests from one kernel socket to one RDMA queue until
-// the kernel disconnects.
+// serve carries NBD requests from one NBD socket (the kernel's, or a socket
+// client's) to one RDMA queue until the other end disconnects.
 func (d *Device) serve(conn *nbd.Conn, q *client.Queue) {
 	defer d.wg.Done()
 	for {
@@ -140,6 +185,10 @@ func (d *Device) serve(conn *nbd.Conn, q *client.Queue) {
 				d.log.Warn("NBD socket", "queue", q.Index(), "err", err)
 			}
 			return
+		}
+		if errno := d.check(r); errno != 0 {
+			conn.Reply(r.Handle, errno, nil, nil)
+			continue
 		}
 		switch r.Type {
 		case nbd.CmdDisc:

@@ -23,6 +23,7 @@ import (
 	"rbd/internal/daemon"
 	"rbd/internal/nbd"
 	"rbd/internal/stats"
+	"rbd/internal/transport"
 	"rbd/internal/wire"
 )
 
@@ -56,6 +57,10 @@ type Config struct {
 	// OnChange, if set, is called (without the manager's lock) after a
 	// device was added or removed or failed: rbdi tells systemd its STATUS=.
 	OnChange func()
+	// Transport makes the queues' connections (default RDMA over rdma_cm;
+	// tests use internal/transport/memt). With one set, the route to the
+	// target is not checked for an RDMA device.
+	Transport transport.Dialer
 }
 
 // Defaults.
@@ -76,6 +81,9 @@ type Manager struct {
 	devices map[int]*Device
 	adding  map[int]mapping // numbers being set up, and what for
 	closed  bool
+	// sockMu makes NBD sockets one at a time (a path is checked and taken
+	// at once).
+	sockMu sync.Mutex
 	// onChange is Config.OnChange, or a no-op.
 	onChange func()
 }
@@ -131,6 +139,14 @@ type AddRequest struct {
 	Export   string `json:"export" toml:"export"` // the device's path on the target
 	ReadOnly bool   `json:"read_only,omitempty" toml:"read_only"`
 	Queues   int    `json:"queues,omitempty" toml:"queues"`
+	// NBDSocket serves the device on this NBD Unix socket too (QEMU,
+	// qemu-img, libnbd, fio's nbd engine); NoKernelDevice makes no
+	// /dev/rbdiN (the socket only). SocketMode (octal, default 0600) and
+	// SocketOwner (USER[:GROUP], default rbdi's) are the socket's.
+	NBDSocket      string `json:"nbd_socket,omitempty" toml:"nbd_socket"`
+	NoKernelDevice bool   `json:"no_kernel_device,omitempty" toml:"no_kernel_device"`
+	SocketMode     string `json:"socket_mode,omitempty" toml:"socket_mode"`
+	SocketOwner    string `json:"socket_owner,omitempty" toml:"socket_owner"`
 }
 
 // Error is a failure a person can act on: what went wrong and what to do.
@@ -150,7 +166,7 @@ func (e *Error) Unwrap() error { return e.Err }
 type MappedError struct{ Device *Device }
 
 func (e *MappedError) Error() string {
-	return fmt.Sprintf("export %s on %s is mapped already as %s", e.Device.Export, e.Device.Target, e.Device.Path())
+	return fmt.Sprintf("export %s on %s is mapped already as %s", e.Device.Export, e.Device.Target, e.Device)
 }
 
 // Add connects to the target, opens the export and creates the device.
@@ -169,6 +185,11 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	if queues > 64 {
 		return nil, &Error{Msg: fmt.Sprintf("%d queues: at most 64", queues)}
 	}
+	sc, err := parseSocketConfig(req)
+	if err != nil {
+		return nil, err
+	}
+	kernel := !req.NoKernelDevice
 	to, err := daemon.Resolve(ctx, req.Target, port)
 	if err != nil {
 		var re *daemon.ResolveError
@@ -179,31 +200,52 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	}
 	// first, under the lock that also reserves the number: is it mapped already?
 	num, err := m.reserveNumber(mapping{to, req.Export})
+	var me *MappedError
+	if errors.As(err, &me) && (sc.path != "" && me.Device.Socket() != sc.path || kernel && !me.Device.kernel) {
+		// the existing device lacks what was asked for: do not answer with it
+		d := me.Device
+		return nil, &Error{Msg: fmt.Sprintf("export %s on %s is mapped already as %s, with other NBD socket options", d.Export, d.Target, d),
+			Hint: fmt.Sprintf("remove it first (rbdctl -r -d %s), then map it with the options wanted", d.ref())}
+	}
 	if err != nil {
 		return nil, err
 	}
 	defer m.unreserve(num)
-	nl, err := nbd.Dial()
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, &Error{Msg: "the kernel's nbd module is not loaded", Hint: "load it: modprobe nbd (and add nbd to /etc/modules-load.d/)", Err: err}
+	var nl *nbd.Client
+	if kernel {
+		nl, err = nbd.Dial()
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, &Error{Msg: "the kernel's nbd module is not loaded", Hint: "load it: modprobe nbd (and add nbd to /etc/modules-load.d/), or serve the device on an NBD socket only (--nbd-socket PATH --no-kernel-device)", Err: err}
+			}
+			return nil, &Error{Msg: "kernel NBD interface: " + err.Error(), Err: err}
 		}
-		return nil, &Error{Msg: "kernel NBD interface: " + err.Error(), Err: err}
+		defer nl.Close()
 	}
-	defer nl.Close()
-	iface, rdev, err := checkRoute(to.Addr())
-	if err != nil {
-		var re *RouteError
-		if errors.As(err, &re) {
-			return nil, &Error{Msg: re.Reason, Hint: re.Hint, Err: err}
+	if sc.path != "" { // before the target is bothered
+		m.sockMu.Lock()
+		err := checkSocketPath(sc)
+		m.sockMu.Unlock()
+		if err != nil {
+			return nil, err
 		}
-		return nil, err
 	}
-	d := &Device{Num: num, TargetName: req.Target, Target: to, Export: req.Export, Since: time.Now(), Stats: stats.NewCounters()}
+	var iface, rdev string
+	if m.cfg.Transport == nil {
+		iface, rdev, err = checkRoute(to.Addr())
+		if err != nil {
+			var re *RouteError
+			if errors.As(err, &re) {
+				return nil, &Error{Msg: re.Reason, Hint: re.Hint, Err: err}
+			}
+			return nil, err
+		}
+	}
+	d := &Device{Num: num, TargetName: req.Target, Target: to, Export: req.Export, Since: time.Now(), Stats: stats.NewCounters(), kernel: kernel}
 	d.log = m.log.With("device", d.Name(), "target", to, "export", req.Export)
 	d.state.Store(StateConnecting)
 	d.ctx, d.stop = context.WithCancel(context.Background())
-	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: m.log.With("device", d.Name()), Stats: d.Stats,
+	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: m.log.With("device", d.Name()), Stats: d.Stats, Transport: m.cfg.Transport,
 		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline,
 			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout,
 			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect,
@@ -221,19 +263,30 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	}
 	d.sess = sess
 	d.ReadOnly = sess.Export.Caps&wire.CapReadOnly != 0
-	if bs := sess.Export.LogicalBlockSize; bs > maxBlockSize {
+	if bs := sess.Export.LogicalBlockSize; bs > maxBlockSize && kernel {
 		sess.Close()
 		d.stop()
-		return nil, &Error{Msg: fmt.Sprintf("export %s has %d-byte blocks; the kernel's NBD driver takes at most %d", req.Export, bs, maxBlockSize)}
+		return nil, &Error{Msg: fmt.Sprintf("export %s has %d-byte blocks; the kernel's NBD driver takes at most %d", req.Export, bs, maxBlockSize),
+			Hint: "serve it on an NBD socket only (--nbd-socket PATH --no-kernel-device)"}
 	}
-	if err := m.connectNBD(nl, d); err != nil {
-		sess.Close()
-		d.stop()
-		return nil, err
+	if kernel {
+		if err := m.connectNBD(nl, d); err != nil {
+			sess.Close()
+			d.stop()
+			return nil, err
+		}
 	}
-	if err := m.link(d); err != nil {
-		m.teardown(d)
-		return nil, err
+	if sc.path != "" {
+		if err := m.listenSocket(d, sc); err != nil {
+			m.teardown(d)
+			return nil, err
+		}
+	}
+	if kernel {
+		if err := m.link(d); err != nil {
+			m.teardown(d)
+			return nil, err
+		}
 	}
 	d.state.Store(StateConnected)
 	m.mu.Lock()
@@ -242,13 +295,17 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	if c := m.cfg.Collector; c != nil {
 		l := stats.Labels{Device: d.Name(), Target: to.String(), Export: req.Export}
 		c.Add(d.Name(), l, d.Stats)
-		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": filepath.Base(d.NBDPath()), "rdma_device": rdev, "interface": iface,
+		nbdName := ""
+		if kernel {
+			nbdName = filepath.Base(d.NBDPath())
+		}
+		c.AddInfo(d.Name(), l, sess.Export.Size, map[string]string{"nbd": nbdName, "rdma_device": rdev, "interface": iface,
 			"block_size": strconv.Itoa(int(sess.Export.LogicalBlockSize)), "read_only": strconv.FormatBool(d.ReadOnly)})
 		c.AddState(d.Name(), l, DeviceStates, func() string { st, _ := d.State(); return st })
 	}
 	go m.watch(d)
 	m.onChange()
-	d.log.Info("device added", "nbd", d.NBDPath(), "size", sess.Export.Size, "block_size", sess.Export.LogicalBlockSize,
+	d.log.Info("device added", "nbd", d.NBDPath(), "nbd_socket", d.Socket(), "size", sess.Export.Size, "block_size", sess.Export.LogicalBlockSize,
 		"queues", len(sess.Queues()), "slot_size", sess.Queues()[0].SlotSize(), "rdma_device", rdev, "read_only", d.ReadOnly)
 	return d, nil
 }
@@ -296,19 +353,7 @@ func (m *Manager) connectNBD(nl *nbd.Client, d *Device) error {
 		go d.serve(conn, q)
 	}
 	ex := d.sess.Export
-	flags := uint64(nbd.FlagHasFlags | nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendWriteZeroes)
-	if ex.Caps&wire.CapTrim != 0 {
-		flags |= nbd.FlagSendTrim
-	}
-	if ex.Caps&wire.CapReadOnly != 0 {
-		flags |= nbd.FlagReadOnly
-	}
-	if ex.Caps&wire.CapRotational != 0 {
-		flags |= nbd.FlagRotational
-	}
-	if ex.Caps&wire.CapMultiConn != 0 {
-		flags |= nbd.FlagCanMultiConn
-	}
+	flags := nbdFlags(ex)
 	idx, err := nl.Connect(nbd.ConnectConfig{Sockets: kernel, SizeBytes: ex.Size, BlockSize: uint64(ex.LogicalBlockSize),
 		Timeout: m.cfg.Timeout, DeadConnTimeout: m.cfg.DeadConnTimeout, ServerFlags: flags,
 		BackendIdentifier: fmt.Sprintf("rbd:%s:%s", d.Target, d.Export)})
@@ -360,7 +405,7 @@ func (m *Manager) reserveNumber(want mapping) (int, error) {
 	for _, d := range m.devices {
 		if d.Target == want.target && d.Export == want.export {
 			me := &MappedError{Device: d}
-			return 0, &Error{Msg: me.Error(), Hint: fmt.Sprintf("use %s, or remove it first: rbdctl -r -d %s", d.Path(), d.Path()), Err: me}
+			return 0, &Error{Msg: me.Error(), Hint: fmt.Sprintf("use %s, or remove it first: rbdctl -r -d %s", d, d.ref()), Err: me}
 		}
 	}
 	for n, a := range m.adding {
@@ -423,6 +468,9 @@ func (m *Manager) watch(d *Device) {
 				if i := q.Index(); i < len(d.conns) {
 					d.conns[i].Close()
 				}
+				if d.sock != nil {
+					d.sock.queueLost(q.Index())
+				}
 				continue
 			}
 			d.why.Store(why)
@@ -435,13 +483,17 @@ func (m *Manager) watch(d *Device) {
 	}
 }
 
-// Find returns the device called name: rbdiN, /dev/rbdiN or /dev/nbdX.
+// Find returns the device called name: rbdiN, /dev/rbdiN or /dev/nbdX, or
+// its NBD socket's path (also as rbdctl sends it, with / as _).
 func (m *Manager) Find(name string) (*Device, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	base := filepath.Base(name)
 	for _, d := range m.devices {
-		if d.Name() == base || filepath.Base(d.NBDPath()) == base {
+		if d.Name() == base || d.kernel && filepath.Base(d.NBDPath()) == base {
+			return d, nil
+		}
+		if p := d.Socket(); p != "" && (p == name || strings.ReplaceAll(p, "/", "_") == name) {
 			return d, nil
 		}
 	}
@@ -470,24 +522,36 @@ func (m *Manager) Remove(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	if where := inUse(d.NBDPath(), filepath.Base(d.NBDPath())); where != "" {
-		return &Error{Msg: fmt.Sprintf("%s is in use: %s", d.Path(), where), Hint: "unmount it (or stop what holds it) first"}
+	if d.kernel {
+		if where := inUse(d.NBDPath(), filepath.Base(d.NBDPath())); where != "" {
+			return &Error{Msg: fmt.Sprintf("%s is in use: %s", d.Path(), where), Hint: "unmount it (or stop what holds it) first"}
+		}
 	}
 	m.mu.Lock()
 	if m.devices[d.Num] != d {
 		m.mu.Unlock()
-		return &Error{Msg: fmt.Sprintf("%s is being removed already", d.Path())}
+		return &Error{Msg: fmt.Sprintf("%s is being removed already", d)}
 	}
 	delete(m.devices, d.Num)
 	m.mu.Unlock()
+	st, _ := d.State()
 	d.state.Store(StateRemoving)
+	// the NBD socket's clients first: their requests are answered, then
+	// they are disconnected (and the socket file removed)
+	if d.sock != nil {
+		d.sock.shutdown(10 * time.Second)
+	}
 	// flush what the page cache holds, and the target's cache with it
-	if st, _ := d.State(); st != StateFailed {
-		if f, err := os.OpenFile(d.NBDPath(), os.O_RDONLY, 0); err == nil {
-			if err := f.Sync(); err != nil {
-				d.log.Warn("flush before removal", "err", err)
+	if st != StateFailed {
+		if d.kernel {
+			if f, err := os.OpenFile(d.NBDPath(), os.O_RDONLY, 0); err == nil {
+				if err := f.Sync(); err != nil {
+					d.log.Warn("flush before removal", "err", err)
+				}
+				f.Close()
 			}
-			f.Close()
+		} else if err := d.flushTarget(ctx); err != nil {
+			d.log.Warn("flush before removal", "err", err)
 		}
 	}
 	m.teardown(d)
@@ -496,31 +560,42 @@ func (m *Manager) Remove(ctx context.Context, name string) error {
 	return nil
 }
 
-// teardown disconnects the kernel device and the session and frees the name.
+// teardown closes the NBD socket, disconnects the kernel device and the
+// session and frees the name.
 func (m *Manager) teardown(d *Device) {
-	if nl, err := nbd.Dial(); err == nil {
-		if err := nl.Disconnect(d.Index); err != nil {
-			d.log.Warn("NBD disconnect", "err", err)
-		}
-		nl.Close()
+	if d.sock != nil {
+		d.sock.shutdown(10 * time.Second)
 	}
-	done := make(chan struct{})
-	go func() { d.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		d.log.Warn("NBD sockets still open after disconnect; closing them")
+	if d.kernel {
+		if nl, err := nbd.Dial(); err == nil {
+			if err := nl.Disconnect(d.Index); err != nil {
+				d.log.Warn("NBD disconnect", "err", err)
+			}
+			nl.Close()
+		}
+		done := make(chan struct{})
+		go func() { d.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			d.log.Warn("NBD sockets still open after disconnect; closing them")
+		}
 	}
 	d.stop()
 	for _, c := range d.conns {
 		c.Close()
 	}
 	d.wg.Wait()
+	if d.sock != nil {
+		d.sock.wait()
+	}
 	d.sess.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	m.cfg.Sysfs.WaitForDisconnect(ctx, d.Index)
-	cancel()
-	os.Remove(filepath.Join(m.cfg.DevDir, d.Name()))
+	if d.kernel {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		m.cfg.Sysfs.WaitForDisconnect(ctx, d.Index)
+		cancel()
+		os.Remove(filepath.Join(m.cfg.DevDir, d.Name()))
+	}
 	if c := m.cfg.Collector; c != nil {
 		c.Remove(d.Name())
 	}

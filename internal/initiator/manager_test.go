@@ -17,7 +17,7 @@ func TestReserveMapped(t *testing.T) {
 	dir := t.TempDir()
 	m := NewManager(Config{DevDir: dir})
 	ram0 := mapping{netip.MustParseAddrPort("10.0.0.1:65000"), "/dev/ram0"}
-	m.devices[0] = &Device{Num: 0, Target: ram0.target, Export: ram0.export}
+	m.devices[0] = &Device{Num: 0, Target: ram0.target, Export: ram0.export, kernel: true}
 	// a stale link takes rbdi1
 	if err := os.Symlink("nbd9", filepath.Join(dir, "rbdi1")); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,6 +60,10 @@ type Conn struct {
 	rpos, rend int    // buffered bytes are rbuf[rpos:rend]
 	remain     uint32 // payload bytes of the current WRITE not consumed yet
 	rerr       error  // sticky read error
+
+	// pending counts the requests ReadRequest returned (but NBD_CMD_DISC)
+	// less the replies queued (see Pending, Drain).
+	pending atomic.Int64
 
 	// Write side. mu guards the fields up to werr; iov and bufs belong to
 	// the writer goroutine.
@@ -182,6 +187,9 @@ func (c *Conn) ReadRequest() (Request, error) {
 	}
 	if req.Type == CmdWrite {
 		c.remain = req.Length
+	}
+	if req.Type != CmdDisc {
+		c.pending.Add(1)
 	}
 	return req, nil
 }
@@ -374,6 +382,7 @@ func (c *Conn) reply(handle uint64, errno uint32, data []byte, more [][]byte, do
 }
 
 func (c *Conn) enqueue(handle uint64, errno uint32, data []byte, more [][]byte, done func(), kick bool) error {
+	c.pending.Add(-1) // the request's one reply, whether or not it can go out
 	if errno != 0 {
 		data, more = nil, nil
 	}

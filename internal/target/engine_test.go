@@ -468,6 +468,11 @@ func TestKeepAliveFrozenTarget(t *testing.T) {
 	if el < dead-idle/2 || el > 5*time.Second {
 		t.Errorf("the queue died after %v, want about %v", el, idle+dead)
 	}
+	select { // its commands fail first, then the queue is finished
+	case <-q.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the queue of a frozen target is not finished")
+	}
 	if d, why := q.Dead(); !d || !bytes.Contains([]byte(why), []byte("did not answer")) {
 		t.Errorf("queue dead %v: %q", d, why)
 	}
