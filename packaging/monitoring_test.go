@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,10 +13,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"rbd/internal/initiator"
 	"rbd/internal/stats"
+	"rbd/internal/target"
 )
 
 // The monitoring files: the alert rules, their promtool unit tests and the
@@ -105,9 +108,17 @@ func daemonMetrics(t *testing.T) emitted {
 			}
 		}
 	}
-	for _, c := range []*stats.Collector{ini, tgt} {
-		reg := stats.NewRegistry(c)
-		stats.Handler(reg) // registers promhttp_metric_handler_*, as the daemons' handler does
+	// rbdt's limits collector, with one initiator address holding a connection
+	limits := prometheus.NewRegistry()
+	limits.MustRegister(target.LimitsCollector(func() target.Usage {
+		return target.Usage{Peers: []target.PeerUsage{{Addr: netip.MustParseAddr("10.0.0.2"), Conns: 1}}, Refused: map[string]uint64{}}
+	}))
+	for _, c := range []*stats.Collector{ini, tgt, nil} {
+		reg := limits
+		if c != nil {
+			reg = stats.NewRegistry(c)
+			stats.Handler(reg) // registers promhttp_metric_handler_*, as the daemons' handler does
+		}
 		mfs, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)

@@ -36,6 +36,7 @@ type options struct {
 	socket, targetSocket         string
 	queues                       int
 	readOnly                     bool
+	keyFile                      string
 	verb                         string // the command given instead of -n, -r, -l, -s
 	timeout                      time.Duration
 
@@ -133,6 +134,7 @@ func addrFlags(c *cobra.Command, o *options) {
 	f.BoolVar(&o.noKernelDevice, "no-kernel-device", false, "make no /dev/rbdiN, serve the device on --nbd-socket only")
 	f.StringVar(&o.socketMode, "socket-mode", "", "permissions of the NBD socket, octal (default 0600: root only)")
 	f.StringVar(&o.socketOwner, "socket-owner", "", "owner of the NBD socket, USER[:GROUP] (default: rbdi's, root)")
+	f.StringVar(&o.keyFile, "key-file", "", "authenticate with the export's pre-shared key in this root-only file, e.g. /etc/rbd/keys/db.key (rbdi reads it; with -n)")
 }
 
 func devFlag(c *cobra.Command, o *options, usage string) {
@@ -184,7 +186,7 @@ rbdctl list, rbdctl stats -d DEV. Exit status: 0 done, 1 failed, 2 usage.`,
 			RunE: action(&o, func() { *set, o.verb = true, strings.Fields(use)[0] })}
 		return v
 	}
-	mapCmd := verb("map -a ADDR -d DEV [-p PORT] [-q N] [--read-only] [--no-reuse] [--nbd-socket PATH [--no-kernel-device]]", "add a device, as -n (prints /dev/rbdiN)", &o.add)
+	mapCmd := verb("map -a ADDR -d DEV [-p PORT] [-q N] [--read-only] [--no-reuse] [--key-file FILE] [--nbd-socket PATH [--no-kernel-device]]", "add a device, as -n (prints /dev/rbdiN)", &o.add)
 	addrFlags(mapCmd, &o)
 	devFlag(mapCmd, &o, "the device on the target, e.g. /dev/ram0")
 	unmapCmd := verb("unmap -d /dev/rbdiN", "remove a device, as -r", &o.remove)
@@ -328,6 +330,15 @@ func add(ctx context.Context, cmd *cobra.Command, o *options) error {
 	}
 	if o.noKernelDevice {
 		req["no_kernel_device"] = true
+	}
+	if o.keyFile != "" {
+		// rbdi reads the file (the key never travels over the socket), from
+		// its own working directory: the path must be absolute
+		p, err := filepath.Abs(o.keyFile)
+		if err != nil {
+			return &usageError{fmt.Errorf("--key-file %s: %v", o.keyFile, err)}
+		}
+		req["key_file"] = p
 	}
 	var d DeviceInfo
 	if err := rbdi(o).Do(ctx, "POST", "/v1/devices", req, &d); err != nil {

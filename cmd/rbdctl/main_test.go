@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -257,6 +258,33 @@ func TestReuse(t *testing.T) {
 		_, sentNoReuse := got["no_reuse"]
 		if code != tc.code || !strings.Contains(out, tc.stdout) || (tc.stdout == "" && out != "") || !strings.Contains(serr, tc.stderr) || sentNoReuse != tc.noReuseSent {
 			t.Errorf("rbdctl %q: want %d %q %q (no_reuse sent %v), got %d %q %q (%v)", tc.args, tc.code, tc.stdout, tc.stderr, tc.noReuseSent, code, out, serr, got)
+		}
+	}
+}
+
+// TestKeyFile: --key-file travels as an absolute path (rbdi reads the file
+// itself), and only when given.
+func TestKeyFile(t *testing.T) {
+	var got map[string]any
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/devices", func(w http.ResponseWriter, r *http.Request) {
+		got = nil
+		json.NewDecoder(r.Body).Decode(&got)
+		daemon.WriteJSON(w, http.StatusOK, DeviceInfo{Name: "rbdi0", Path: "/dev/rbdi0"})
+	})
+	sock := fakeDaemon(t, mux)
+	wd, _ := os.Getwd()
+	for _, tc := range []struct {
+		args []string
+		want any // the key_file sent; nil: none
+	}{
+		{[]string{"-n", "-a", "10.0.0.1", "-d", "/dev/vg0/db", "--key-file", "/etc/rbd/keys/db.key"}, "/etc/rbd/keys/db.key"},
+		{[]string{"map", "-a", "10.0.0.1", "-d", "/dev/vg0/db", "--key-file", "db.key"}, filepath.Join(wd, "db.key")},
+		{[]string{"-n", "-a", "10.0.0.1", "-d", "/dev/vg0/db"}, nil},
+	} {
+		code, _, serr := runMain(t, append([]string{"--socket", sock}, tc.args...)...)
+		if code != 0 || got["key_file"] != tc.want {
+			t.Errorf("rbdctl %q: exit %d %q, sent key_file %v, want %v", tc.args, code, serr, got["key_file"], tc.want)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"time"
@@ -49,6 +50,14 @@ type fileConfig struct {
 	CtrlLossTimeout string                 `toml:"ctrl_loss_timeout"`
 	FastIOFail      string                 `toml:"fast_io_fail_timeout"`
 	Device          []initiator.AddRequest `toml:"device"`
+	Target          []targetConfig         `toml:"target"`
+}
+
+// targetConfig is a [[target]] of rbdi.toml: the key file of a target whose
+// exports require authentication, for every device of that target.
+type targetConfig struct {
+	Address string `toml:"address"` // as devices name the target: address or name, optionally :port
+	KeyFile string `toml:"key_file"`
 }
 
 type options struct {
@@ -111,6 +120,17 @@ func loadConfig(path string) (*fileConfig, error) {
 		if d.Target == "" || d.Export == "" {
 			return nil, fmt.Errorf("%s: device %d: target and export are required", path, i+1)
 		}
+		if d.KeyFile != "" && !filepath.IsAbs(d.KeyFile) {
+			return nil, fmt.Errorf("%s: device %d: key_file %q must be an absolute path", path, i+1, d.KeyFile)
+		}
+	}
+	for i, tg := range fc.Target {
+		if tg.Address == "" || tg.KeyFile == "" {
+			return nil, fmt.Errorf("%s: target %d: address and key_file are required", path, i+1)
+		}
+		if !filepath.IsAbs(tg.KeyFile) {
+			return nil, fmt.Errorf("%s: target %s: key_file %q must be an absolute path (like /etc/rbd/keys/%s.key)", path, tg.Address, tg.KeyFile, tg.Address)
+		}
 	}
 	return &fc, nil
 }
@@ -133,6 +153,7 @@ func protect(noMlock bool, log *slog.Logger) error {
 
 func run(cmd *cobra.Command, o *options) error {
 	var devices []initiator.AddRequest
+	targetKeys := map[string]string{}
 	metricsAddr, control, level := o.metricsAddr, o.control, o.logLevel
 	if o.config != "" {
 		fc, err := loadConfig(o.config)
@@ -184,6 +205,9 @@ func run(cmd *cobra.Command, o *options) error {
 			}
 		}
 		devices = fc.Device
+		for _, tg := range fc.Target {
+			targetKeys[tg.Address] = tg.KeyFile
+		}
 	}
 	log, err := daemon.Logger(level)
 	if err != nil {
@@ -206,7 +230,7 @@ func run(cmd *cobra.Command, o *options) error {
 	status := daemon.NewStatus(ctx)
 	m = initiator.NewManager(initiator.Config{Queues: o.queues, QueueDepth: o.depth, MaxIO: o.maxIO, Inline: inline,
 		Timeout: o.timeout, DeadConnTimeout: o.deadConn, KeepAlive: o.keepAlive, KeepAliveTimeout: o.kaTimeout,
-		ReconnectDelay: o.reconnectDelay, CtrlLossTimeout: o.ctrlLoss, FastIOFailTimeout: o.fastIOFail,
+		ReconnectDelay: o.reconnectDelay, CtrlLossTimeout: o.ctrlLoss, FastIOFailTimeout: o.fastIOFail, TargetKeys: targetKeys,
 		Log: log, Collector: coll, OnChange: func() { status.Set(devicesStatus(m)) }})
 	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
 	if err != nil {

@@ -33,16 +33,21 @@ const DefaultControl = "/run/rbd/rbdt.sock"
 
 // fileConfig is /etc/rbd/rbdt.toml.
 type fileConfig struct {
-	Listen      []string              `toml:"listen"`
-	MetricsAddr string                `toml:"metrics_addr"`
-	Control     string                `toml:"control_socket"`
-	LogLevel    string                `toml:"log_level"`
-	QueueDepth  int                   `toml:"queue_depth"`
-	SlotSize    int                   `toml:"slot_size"`
-	Inline      *int                  `toml:"inline"`
-	MaxConns    int                   `toml:"max_connections"`
-	IdleTimeout string                `toml:"idle_timeout"`
-	Export      []target.ExportConfig `toml:"export"`
+	Listen      []string `toml:"listen"`
+	MetricsAddr string   `toml:"metrics_addr"`
+	Control     string   `toml:"control_socket"`
+	LogLevel    string   `toml:"log_level"`
+	QueueDepth  int      `toml:"queue_depth"`
+	SlotSize    int      `toml:"slot_size"`
+	Inline      *int     `toml:"inline"`
+	MaxConns    int      `toml:"max_connections"`
+	IdleTimeout string   `toml:"idle_timeout"`
+	OpenTimeout string   `toml:"open_timeout"`
+	// per initiator address
+	MaxConnsPerPeer      int                   `toml:"max_connections_per_peer"`
+	MaxHandshakesPerPeer int                   `toml:"max_handshakes_per_peer"`
+	MaxPinnedPerPeer     int64                 `toml:"max_pinned_per_peer"`
+	Export               []target.ExportConfig `toml:"export"`
 }
 
 type options struct {
@@ -57,6 +62,10 @@ type options struct {
 	inline      int
 	maxConns    int
 	idle        time.Duration
+	open        time.Duration
+	peerConns   int
+	peerHS      int
+	peerPinned  int64
 }
 
 func main() {
@@ -85,7 +94,7 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 	f.Bool("version", false, "print the version (and the Go version it was built with) and exit")
 	f.StringVarP(&o.config, "config", "c", "", "configuration file (TOML), e.g. /etc/rbd/rbdt.toml")
 	f.StringArrayVarP(&o.listen, "listen", "l", nil, "address to listen on, ADDR[:PORT] (default 0.0.0.0:65000; repeatable)")
-	f.StringArrayVarP(&o.exports, "export", "e", nil, "export PATH[,ro][,shared][,bs=N] (repeatable)")
+	f.StringArrayVarP(&o.exports, "export", "e", nil, "export PATH[,ro][,shared][,bs=N][,key=KEYFILE][,auth=optional][,allow=PREFIX][,allow-ro=PREFIX] (repeatable)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", fmt.Sprintf("serve Prometheus metrics on this address, e.g. :%d (off by default)", DefaultMetricsPort))
 	f.StringVar(&o.control, "control", DefaultControl, "control socket (rbdctl talks to it)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -94,6 +103,10 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 	f.IntVar(&o.inline, "inline", target.DefaultInline, "largest I/O carried inline in messages, bytes (-1: never)")
 	f.IntVar(&o.maxConns, "max-connections", target.DefaultMaxConns, "most connections served at once")
 	f.DurationVar(&o.idle, "idle-timeout", target.DefaultIdleTimeout, "drop an initiator's connection after it sent nothing this long (initiators heartbeat every 5s; -1s: never)")
+	f.DurationVar(&o.open, "open-timeout", target.DefaultOpenTimeout, "drop a connection that has not OPENed this long after it was accepted")
+	f.IntVar(&o.peerConns, "max-connections-per-peer", target.DefaultMaxConnsPerPeer, "most connections of one initiator address at once (-1: no limit)")
+	f.IntVar(&o.peerHS, "max-handshakes-per-peer", target.DefaultMaxHandshakesPerPeer, "most connections of one initiator address not OPENed yet (-1: no limit)")
+	f.Int64Var(&o.peerPinned, "max-pinned-per-peer", target.DefaultMaxPinnedPerPeer, "most slot memory registered for one initiator address, bytes (-1: no limit)")
 	return cmd
 }
 
@@ -141,6 +154,22 @@ func buildConfig(cmd *cobra.Command, o *options) (target.Config, string, string,
 		if !set("max-connections") && fc.MaxConns != 0 {
 			o.maxConns = fc.MaxConns
 		}
+		if !set("open-timeout") && fc.OpenTimeout != "" {
+			d, err := time.ParseDuration(fc.OpenTimeout)
+			if err != nil || d <= 0 {
+				return cfg, "", "", "", fmt.Errorf("%s: open_timeout %q: want a positive duration like \"30s\"", o.config, fc.OpenTimeout)
+			}
+			o.open = d
+		}
+		if !set("max-connections-per-peer") && fc.MaxConnsPerPeer != 0 {
+			o.peerConns = fc.MaxConnsPerPeer
+		}
+		if !set("max-handshakes-per-peer") && fc.MaxHandshakesPerPeer != 0 {
+			o.peerHS = fc.MaxHandshakesPerPeer
+		}
+		if !set("max-pinned-per-peer") && fc.MaxPinnedPerPeer != 0 {
+			o.peerPinned = fc.MaxPinnedPerPeer
+		}
 		if !set("idle-timeout") && fc.IdleTimeout != "" {
 			d, err := time.ParseDuration(fc.IdleTimeout)
 			if err != nil {
@@ -172,6 +201,11 @@ func buildConfig(cmd *cobra.Command, o *options) (target.Config, string, string,
 	cfg.MaxQueueDepth, cfg.MaxSlotSize, cfg.MaxConns = o.depth, o.slotSize, o.maxConns
 	cfg.MaxInline = o.inline
 	cfg.IdleTimeout = o.idle
+	if o.open <= 0 {
+		return cfg, "", "", "", fmt.Errorf("--open-timeout %v: want a positive duration", o.open)
+	}
+	cfg.OpenTimeout = o.open
+	cfg.MaxConnsPerPeer, cfg.MaxHandshakesPerPeer, cfg.MaxPinnedPerPeer = o.peerConns, o.peerHS, o.peerPinned
 	if o.inline == 0 {
 		cfg.MaxInline = -1
 	}
@@ -211,7 +245,7 @@ func run(cmd *cobra.Command, o *options) error {
 		sm.update(s, up)
 		status.Set(daemon.SessionsStatus(sm.exports(), len(srv.Exports())))
 	}
-	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll, sm.peerOf), metricsAddr, coll, log)
+	stopServices, err := daemon.Services(ctx, control, controlHandler(srv, coll, sm.peerOf), metricsAddr, coll, log, target.LimitsCollector(srv.Usage))
 	if err != nil {
 		return err
 	}

@@ -50,6 +50,12 @@ type Export struct {
 	Name     string `json:"name"`
 	ReadOnly bool   `json:"read_only"`
 	Shared   bool   `json:"shared"`
+	// Auth is "required" or "optional" for an export with a key (KeyID
+	// names the key without disclosing it), absent without one; Allow is
+	// its allow list, absent when every address may open it.
+	Auth  string   `json:"auth,omitempty"`
+	KeyID string   `json:"key_id,omitempty"`
+	Allow []string `json:"allow,omitempty"`
 }
 
 // Session is an initiator's session on a target.

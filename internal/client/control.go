@@ -23,18 +23,24 @@ func (c *qconn) keepalive() {
 	idle, dead := q.sess.cfg.Queue.KeepAlive, q.sess.cfg.Queue.KeepAliveTimeout
 	t := time.NewTicker(min(time.Second, idle/2))
 	defer t.Stop()
+	// lastIdle: the last tick that found nothing outstanding. The target
+	// owes nothing before it, so a queue that turns busy after a quiet
+	// spell counts the target's silence from there, not from its last
+	// reply (a late tick on a loaded machine must not kill it at once).
+	var lastIdle time.Time
 	for {
 		select {
 		case <-c.stopped:
 			return
 		case <-t.C:
 		}
-		quiet := time.Since(time.Unix(0, c.lastReply.Load()))
+		heard := time.Unix(0, c.lastReply.Load())
 		if q.inflight.Load() == 0 {
+			lastIdle = time.Now()
 			// idle: nothing is owed, but a heartbeat every KeepAlive tells
 			// the target that this initiator lives (it frees the sessions of
 			// silent ones), and this side that the target does
-			if quiet > idle && q.ctlMu.TryLock() {
+			if time.Since(heard) > idle && q.ctlMu.TryLock() {
 				c.lastReply.Store(time.Now().UnixNano())
 				s := q.control
 				s.state.Store(slotHeld)
@@ -44,6 +50,10 @@ func (c *qconn) keepalive() {
 			}
 			continue
 		}
+		if lastIdle.After(heard) {
+			heard = lastIdle
+		}
+		quiet := time.Since(heard)
 		if quiet > idle+dead {
 			q.stats.AddError(stats.ErrTimeout)
 			c.drop(fmt.Sprintf("the target did not answer for %v", quiet.Round(time.Second)))

@@ -188,6 +188,7 @@ type qconn struct {
 	mr         *verbs.MR // the queue's local slots, in this connection's PD
 	remoteAddr uint64
 	remoteKey  uint32
+	nonce      [wire.NonceSize]byte // the target's challenge (version 3)
 	peer       netip.AddrPort
 	lastReply  atomic.Int64
 	dead       atomic.Bool
@@ -272,6 +273,9 @@ func (q *Queue) dial(ctx context.Context) (*qconn, wire.Accept, error) {
 	if acc.Version < wire.VersionPush {
 		return fail(fmt.Errorf("target %s chose protocol version %d; this initiator needs %d..%d: upgrade rbdt there", cfg.Target, acc.Version, wire.VersionPush, wire.MaxVersion))
 	}
+	if !cfg.Key.IsZero() && acc.Version < wire.VersionAuth {
+		return fail(&permanentError{fmt.Errorf("target %s speaks protocol version %d, which has no authentication, and a key is given for it: upgrade rbdt there (version %d), or map without a key file", cfg.Target, acc.Version, wire.VersionAuth)})
+	}
 	if int(acc.Depth) > want.Depth || int(acc.SlotSize) > want.MaxIO || int(acc.InlineMax) > want.Inline || acc.Depth < 2 {
 		return fail(fmt.Errorf("target %s granted %d slots of %d bytes, inline %d: not what was asked", cfg.Target, acc.Depth, acc.SlotSize, acc.InlineMax))
 	}
@@ -280,6 +284,7 @@ func (q *Queue) dial(ctx context.Context) (*qconn, wire.Accept, error) {
 			cfg.Target, acc.Depth, acc.SlotSize, acc.InlineMax, q.depth, q.slotSize, q.inline)})
 	}
 	c.remoteAddr, c.remoteKey = acc.SlotAddr, acc.SlotRKey
+	c.nonce = acc.Nonce
 	c.peer = c.ep.RemoteAddr()
 	c.lastReply.Store(time.Now().UnixNano())
 	return c, acc, nil

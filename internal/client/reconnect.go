@@ -159,9 +159,13 @@ func (q *Queue) dialOpen(ctx context.Context) (*qconn, error) {
 	var ee *ExportError
 	if errors.As(err, &ee) {
 		switch ee.Status {
-		case wire.StatusNoEnt, wire.StatusPerm, wire.StatusInval, wire.StatusROFS:
+		case wire.StatusNoEnt, wire.StatusPerm, wire.StatusInval, wire.StatusROFS, wire.StatusAccess:
 			return nil, &permanentError{err} // the export is gone or no longer ours
 		}
+	}
+	var ae *AuthError
+	if errors.As(err, &ae) {
+		return nil, &permanentError{err} // not the target the key belongs to
 	}
 	return nil, err
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 
+	"rbd/internal/auth"
 	"rbd/internal/stats"
 	"rbd/internal/transport"
 	"rbd/internal/verbs"
@@ -25,10 +26,15 @@ type Config struct {
 	Queue  QueueConfig
 	// ReadOnly asks for read-only access.
 	ReadOnly bool
-	// Session reuses a session id (a reconnecting initiator); zero: a new one.
+	// Session reuses a session id (a reconnecting initiator); zero: a new one
+	// (128 bits from the system's random source).
 	Session wire.SessionID
-	Log     *slog.Logger
-	Stats   *stats.Counters
+	// Key, if set, authenticates every connection with the export's
+	// pre-shared key (protocol version 3), and the target must prove it
+	// holds it too; a target that cannot is refused.
+	Key   auth.Key
+	Log   *slog.Logger
+	Stats *stats.Counters
 	// Transport makes the queues' connections (default: RDMA over rdma_cm).
 	Transport transport.Dialer
 }
@@ -125,11 +131,14 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	return s, nil
 }
 
-// ExportError is an OPEN the target refused, with its reason.
+// ExportError is an OPEN the target refused, with its reason. Keyed says
+// whether the OPEN carried a proof (with StatusAccess: a wrong key, or none
+// on the target; without: the export requires one).
 type ExportError struct {
 	Export  string
 	Status  wire.Status
 	Message string
+	Keyed   bool
 }
 
 func (e *ExportError) Error() string {
@@ -141,6 +150,16 @@ func (e *ExportError) Error() string {
 
 func (e *ExportError) Unwrap() error { return e.Status.Err() }
 
+// AuthError: the target did not prove that it holds the export's key.
+type AuthError struct {
+	Target netip.AddrPort
+	Export string
+}
+
+func (e *AuthError) Error() string {
+	return fmt.Sprintf("target %s did not prove that it holds the key for %s: it is not the target the key belongs to, or its key differs; refusing it", e.Target, e.Export)
+}
+
 // open OPENs connection c of the queue on the export, under the session's id
 // and the queue's index.
 func (q *Queue) open(ctx context.Context, c *qconn) (wire.OpenReply, error) {
@@ -148,6 +167,13 @@ func (q *Queue) open(ctx context.Context, c *qconn) (wire.OpenReply, error) {
 	o := wire.Open{Session: s.ID, Queue: uint16(q.index), Queues: uint16(s.cfg.Queues), ExportName: s.cfg.Export}
 	if s.cfg.ReadOnly {
 		o.Flags |= wire.OpenReadOnly
+	}
+	keyed := !s.cfg.Key.IsZero()
+	if keyed {
+		// the answer to this connection's challenge (the accept's nonce)
+		o.Flags |= wire.OpenAuth
+		o.Nonce = auth.Nonce()
+		o.MAC = auth.InitiatorProof(s.cfg.Key, c.nonce, &o)
 	}
 	buf := make([]byte, wire.MinDataArea)
 	m, err := o.Encode(buf)
@@ -160,10 +186,16 @@ func (q *Queue) open(ctx context.Context, c *qconn) (wire.OpenReply, error) {
 	}
 	rep, derr := wire.DecodeOpenReply(data, st == wire.StatusOK)
 	if st != wire.StatusOK {
-		return rep, &ExportError{Export: s.cfg.Export, Status: st, Message: rep.Message}
+		return rep, &ExportError{Export: s.cfg.Export, Status: st, Message: rep.Message, Keyed: keyed}
 	}
 	if derr != nil {
 		return rep, fmt.Errorf("target %s: bad OPEN reply: %w", s.cfg.Target, derr)
+	}
+	if keyed && (rep.Flags&wire.OpenReplyAuth == 0 || !auth.CheckTarget(s.cfg.Key, c.nonce, &o, data, rep.MAC)) {
+		return rep, &AuthError{Target: s.cfg.Target, Export: s.cfg.Export}
+	}
+	if !keyed && rep.Flags&wire.OpenReplyAuth != 0 {
+		return rep, fmt.Errorf("target %s: OPEN reply carries a proof that was not asked for", s.cfg.Target)
 	}
 	return rep, nil
 }

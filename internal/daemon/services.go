@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"rbd/internal/stats"
 )
 
@@ -15,8 +17,9 @@ import (
 // control socket at control (handled by h) and, when metricsAddr is set, the
 // Prometheus endpoint over coll. Both are bound before it returns, so an
 // address in use or a second daemon is an error at once; they stop with ctx.
-// stop removes the control socket.
-func Services(ctx context.Context, control string, h http.Handler, metricsAddr string, coll *stats.Collector, log *slog.Logger) (stop func(), err error) {
+// stop removes the control socket. extra are more metrics served beside
+// coll's (rbdt: its per-peer limits).
+func Services(ctx context.Context, control string, h http.Handler, metricsAddr string, coll *stats.Collector, log *slog.Logger, extra ...prometheus.Collector) (stop func(), err error) {
 	ctl, err := ListenControl(control)
 	if err != nil {
 		return nil, err
@@ -32,7 +35,9 @@ func Services(ctx context.Context, control string, h http.Handler, metricsAddr s
 	}
 	go ServeControl(ctx, ctl, h)
 	if mln != nil {
-		go stats.ServeListener(ctx, mln, stats.Handler(stats.NewRegistry(coll)))
+		reg := stats.NewRegistry(coll)
+		reg.MustRegister(extra...)
+		go stats.ServeListener(ctx, mln, stats.Handler(reg))
 		log.Info("metrics", "addr", mln.Addr())
 	}
 	return stop, nil

@@ -19,6 +19,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"rbd/internal/auth"
 	"rbd/internal/client"
 	"rbd/internal/daemon"
 	"rbd/internal/nbd"
@@ -51,9 +52,13 @@ type Config struct {
 	// KeepAlive and KeepAliveTimeout: see client.QueueConfig.
 	KeepAlive, KeepAliveTimeout time.Duration
 	DevDir                      string // where rbdiN links go (default /dev)
-	Log                         *slog.Logger
-	Collector                   *stats.Collector
-	Sysfs                       nbd.Sysfs
+	// TargetKeys names the key file of each target that requires
+	// authentication, by the target's address or name as devices give it
+	// (rbdi.toml's [[target]]); a device's own KeyFile wins.
+	TargetKeys map[string]string
+	Log        *slog.Logger
+	Collector  *stats.Collector
+	Sysfs      nbd.Sysfs
 	// OnChange, if set, is called (without the manager's lock) after a
 	// device was added or removed or failed: rbdi tells systemd its STATUS=.
 	OnChange func()
@@ -147,6 +152,11 @@ type AddRequest struct {
 	NoKernelDevice bool   `json:"no_kernel_device,omitempty" toml:"no_kernel_device"`
 	SocketMode     string `json:"socket_mode,omitempty" toml:"socket_mode"`
 	SocketOwner    string `json:"socket_owner,omitempty" toml:"socket_owner"`
+	// KeyFile is the export's pre-shared key (root-only, e.g.
+	// /etc/rbd/keys/db.key), the same as the target's key_file for the
+	// export: rbdi authenticates with it and makes the target prove it.
+	// Only the path travels over the control socket; rbdi reads the file.
+	KeyFile string `json:"key_file,omitempty" toml:"key_file"`
 }
 
 // Error is a failure a person can act on: what went wrong and what to do.
@@ -198,6 +208,16 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 		}
 		return nil, &Error{Msg: err.Error(), Err: err}
 	}
+	keyFile := req.KeyFile
+	if keyFile == "" {
+		keyFile = m.keyFileFor(req.Target, to)
+	}
+	var key auth.Key
+	if keyFile != "" {
+		if key, err = auth.LoadKeyFile(keyFile); err != nil {
+			return nil, &Error{Msg: err.Error(), Hint: "the key file must hold the export's key (the target's key_file), readable by root only", Err: err}
+		}
+	}
 	// first, under the lock that also reserves the number: is it mapped already?
 	num, err := m.reserveNumber(mapping{to, req.Export})
 	var me *MappedError
@@ -245,7 +265,7 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	d.log = m.log.With("device", d.Name(), "target", to, "export", req.Export)
 	d.state.Store(StateConnecting)
 	d.ctx, d.stop = context.WithCancel(context.Background())
-	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Log: m.log.With("device", d.Name()), Stats: d.Stats, Transport: m.cfg.Transport,
+	ccfg := client.Config{Target: to, Export: req.Export, Queues: queues, ReadOnly: req.ReadOnly, Key: key, Log: m.log.With("device", d.Name()), Stats: d.Stats, Transport: m.cfg.Transport,
 		Queue: client.QueueConfig{Depth: m.cfg.QueueDepth, MaxIO: m.cfg.MaxIO, Inline: m.cfg.Inline,
 			KeepAlive: m.cfg.KeepAlive, KeepAliveTimeout: m.cfg.KeepAliveTimeout,
 			ReconnectDelay: m.cfg.ReconnectDelay, CtrlLossTimeout: m.cfg.CtrlLossTimeout, NoReconnect: m.cfg.NoReconnect,
@@ -310,9 +330,41 @@ func (m *Manager) Add(ctx context.Context, req AddRequest) (*Device, error) {
 	return d, nil
 }
 
+// keyFileFor finds a target's key file in TargetKeys: by the name the
+// device gives, then by the resolved address with and without the port.
+func (m *Manager) keyFileFor(name string, to netip.AddrPort) string {
+	for _, k := range []string{name, to.String(), to.Addr().String()} {
+		if f := m.cfg.TargetKeys[k]; f != "" {
+			return f
+		}
+	}
+	return ""
+}
+
+// targetName is how errors name a target: its address, with the port when
+// it is not the default.
+func targetName(to netip.AddrPort) string {
+	if to.Port() == wire.DefaultPort {
+		return to.Addr().String()
+	}
+	return to.String()
+}
+
 func addError(err error, to netip.AddrPort, export string) error {
+	var ae *client.AuthError
+	if errors.As(err, &ae) {
+		return &Error{Msg: ae.Error(), Hint: "check the target's address, and that its key_file for the export holds the same key as the key file given here", Err: err}
+	}
 	var ee *client.ExportError
 	if errors.As(err, &ee) {
+		switch {
+		case ee.Status == wire.StatusAccess && !ee.Keyed:
+			return &Error{Msg: fmt.Sprintf("target %s requires authentication for %s: give --key-file", targetName(to), export),
+				Hint: fmt.Sprintf("rbdctl -n -a %s -d %s --key-file /etc/rbd/keys/NAME.key, with a copy of the target's key_file for the export (or key_file in rbdi.toml's [[target]] or [[device]]); the target says: %s", to.Addr(), export, ee.Message), Err: err}
+		case ee.Status == wire.StatusAccess:
+			return &Error{Msg: fmt.Sprintf("target %s refused the key for %s: %s", targetName(to), export, ee.Message),
+				Hint: "the key file must hold the same key as the target's key_file for this export", Err: err}
+		}
 		switch ee.Status {
 		case wire.StatusNoEnt, wire.StatusPerm:
 			return &Error{Msg: fmt.Sprintf("export %s is not offered by target %s: %s", export, to, ee.Message), Hint: "rbdctl -l on the target lists its exports; check rbdt's --export or /etc/rbd/rbdt.toml", Err: err}

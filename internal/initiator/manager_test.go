@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"rbd/internal/client"
+	"rbd/internal/wire"
 )
 
 // TestReserveMapped: a host maps an export (target address, port, export)
@@ -92,5 +95,62 @@ func TestOnChange(t *testing.T) {
 	NewManager(Config{OnChange: func() { calls++ }}).onChange()
 	if calls != 1 {
 		t.Errorf("OnChange called %d times, want 1", calls)
+	}
+}
+
+// TestAddKeyFile: a key file that others could read is refused before
+// anything is set up, with a message that says so.
+func TestAddKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	loose := filepath.Join(dir, "loose.key")
+	if err := os.WriteFile(loose, []byte(strings.Repeat("ab", 32)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(loose, 0o644)
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		req  AddRequest
+		want string
+	}{
+		{"device key file", Config{}, AddRequest{Target: "10.0.0.1", Export: "/dev/ram0", KeyFile: loose}, "mode 0644: it must be readable by its owner only"},
+		{"target key file", Config{TargetKeys: map[string]string{"10.0.0.1": loose}}, AddRequest{Target: "10.0.0.1", Export: "/dev/ram0"}, "mode 0644"},
+		{"target key file by address and port", Config{TargetKeys: map[string]string{"10.0.0.1:65000": loose}}, AddRequest{Target: "10.0.0.1", Export: "/dev/ram0"}, "mode 0644"},
+		{"missing", Config{}, AddRequest{Target: "10.0.0.1", Export: "/dev/ram0", KeyFile: filepath.Join(dir, "none")}, "does not exist"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.DevDir = t.TempDir()
+			m := NewManager(tc.cfg)
+			_, err := m.Add(t.Context(), tc.req)
+			var ie *Error
+			if !errors.As(err, &ie) || !strings.Contains(ie.Msg, tc.want) {
+				t.Fatalf("Add: %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestAuthErrors: what the initiator says when the target wants a key.
+func TestAuthErrors(t *testing.T) {
+	to := netip.MustParseAddrPort("10.0.0.1:65000")
+	for _, tc := range []struct {
+		name string
+		err  error
+		msg  string
+		hint string
+	}{
+		{"no key given", &client.ExportError{Export: "/dev/vg0/db", Status: wire.StatusAccess, Message: "export /dev/vg0/db requires authentication"},
+			"target 10.0.0.1 requires authentication for /dev/vg0/db: give --key-file", "--key-file /etc/rbd/keys/"},
+		{"wrong key", &client.ExportError{Export: "/dev/vg0/db", Status: wire.StatusAccess, Keyed: true, Message: "authentication for export /dev/vg0/db failed"},
+			"target 10.0.0.1 refused the key for /dev/vg0/db: authentication for export /dev/vg0/db failed", "same key"},
+		{"target without proof", &client.AuthError{Target: to, Export: "/dev/vg0/db"},
+			"did not prove that it holds the key for /dev/vg0/db", "key_file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ie *Error
+			if err := addError(tc.err, to, "/dev/vg0/db"); !errors.As(err, &ie) || !strings.Contains(ie.Msg, tc.msg) || !strings.Contains(ie.Hint, tc.hint) {
+				t.Fatalf("addError: %#v, want %q / hint %q", err, tc.msg, tc.hint)
+			}
+		})
 	}
 }

@@ -57,6 +57,16 @@ type conn struct {
 	// outstanding after it
 	repliesDeferred int
 
+	// authentication (version 3): this connection's challenge, sent in the
+	// accept; authed once an OPEN proved the export's key; openRefused once
+	// an OPEN was refused for authentication (a second OPEN is a violation:
+	// no guessing on one challenge)
+	nonce       [wire.NonceSize]byte
+	authed      bool
+	openRefused bool
+	// claim is the connection's part of its peer's limits
+	claim *peerClaim
+
 	// set by the loop when OPEN succeeds
 	sess  *session
 	be    *backend.Backend
@@ -269,4 +279,5 @@ func (c *conn) serve(ctx context.Context) {
 	why, _ := c.why.Load().(string)
 	c.log.Debug("connection closed", "reason", why)
 	c.free()
+	c.srv.releasePeer(c.claim)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"rbd/internal/auth"
 	"rbd/internal/ring"
 	"rbd/internal/stats"
 	"rbd/internal/verbs"
@@ -230,6 +231,14 @@ func (c *conn) openRequest(i int) {
 		c.violation("%v", err)
 		return
 	}
+	if o.Flags&wire.OpenAuth != 0 && c.version < wire.VersionAuth {
+		c.violation("authenticated OPEN on a version-%d connection", c.version)
+		return
+	}
+	if c.openRefused {
+		c.violation("OPEN again after an authentication refusal")
+		return
+	}
 	var rep wire.OpenReply
 	st := wire.StatusOK
 	sess, err := c.srv.open(c, o)
@@ -242,6 +251,12 @@ func (c *conn) openRequest(i int) {
 		}
 		rep.Message = err.Error()
 		c.log.Info("OPEN refused", "export", o.ExportName, "status", st, "reason", err)
+		if st == wire.StatusAccess {
+			// one challenge, one answer: the initiator gets the reply, then
+			// the connection goes
+			c.openRefused = true
+			time.AfterFunc(time.Second, func() { c.drop("OPEN refused: " + err.Error()) })
+		}
 	} else {
 		be := sess.export.be
 		caps := wire.CapFlush | wire.CapFUA | wire.CapWriteZeroes | wire.CapMultiConn
@@ -263,8 +278,17 @@ func (c *conn) openRequest(i int) {
 		} else {
 			c.sess, c.be, c.caps = sess, be, caps
 			c.opened.Store(true)
+			c.srv.handshakeDone(c.claim)
 			rep = wire.OpenReply{Size: uint64(be.Size()), LogicalBlockSize: uint32(be.LogicalBlockSize()),
 				PhysicalBlockSize: uint32(be.PhysicalBlockSize()), Caps: caps, Session: sess.id}
+			if c.authed {
+				// the target proves it holds the key too, over this
+				// connection's nonces and the reply's geometry
+				rep.Flags = wire.OpenReplyAuth
+				buf := make([]byte, wire.OpenReplyProved+64)
+				n, _ := rep.Encode(buf)
+				rep.MAC = auth.TargetProof(sess.export.cfg.Key, c.nonce, &o, buf[:n])
+			}
 		}
 	}
 	n, _ := rep.Encode(c.ring.RecvData(i))

@@ -36,15 +36,19 @@ func FuzzDecodeAccept(f *testing.F) {
 	b := make([]byte, AcceptSize)
 	(&Accept{Version: 1, Depth: 2, SlotSize: 4096, SlotRKey: 1, SlotAddr: 4096}).Encode(b)
 	f.Add(b)
+	v3 := make([]byte, AcceptSizeV3)
+	(&Accept{Version: 3, Depth: 2, SlotSize: 4096, SlotRKey: 1, SlotAddr: 4096, Nonce: [NonceSize]byte{1, 2}}).Encode(v3)
+	f.Add(v3)
+	f.Add(v3[:AcceptSize]) // a version-3 accept without its nonce
 	f.Fuzz(func(t *testing.T, in []byte) {
 		a, err := DecodeAccept(in)
 		if err != nil {
 			return
 		}
-		out := make([]byte, AcceptSize)
-		a.Encode(out)
-		if !bytes.Equal(out, in[:AcceptSize]) {
-			t.Fatalf("re-encoded %x, input %x", out, in[:AcceptSize])
+		out := make([]byte, AcceptSizeV3)
+		n := a.Encode(out)
+		if !bytes.Equal(out[:n], in[:n]) {
+			t.Fatalf("re-encoded %x, input %x", out[:n], in[:n])
 		}
 	})
 }
@@ -104,6 +108,9 @@ func FuzzDecodeOpen(f *testing.F) {
 	b := make([]byte, 256)
 	n, _ := (&Open{Queue: 0, Queues: 2, ExportName: "/dev/ram0"}).Encode(b)
 	f.Add(b[:n])
+	n, _ = (&Open{Queue: 1, Queues: 2, Flags: OpenAuth | OpenReadOnly, ExportName: "/dev/vg0/db", Nonce: [NonceSize]byte{7}, MAC: [MACSize]byte{9}}).Encode(b)
+	f.Add(b[:n])
+	f.Add(b[:n-1]) // the proof cut short
 	f.Fuzz(func(t *testing.T, in []byte) {
 		o, err := DecodeOpen(in)
 		if err != nil {
@@ -124,14 +131,21 @@ func FuzzDecodeOpenReply(f *testing.F) {
 	b := make([]byte, 256)
 	n, _ := (&OpenReply{Size: 1 << 30, LogicalBlockSize: 512, Caps: CapFlush, Message: "hi"}).Encode(b)
 	f.Add(b[:n], true)
+	n, _ = (&OpenReply{Size: 1 << 30, LogicalBlockSize: 512, Caps: CapFlush, Flags: OpenReplyAuth, MAC: [MACSize]byte{3}}).Encode(b)
+	f.Add(b[:n], true)
+	f.Add(b[:n-1], true)
 	f.Fuzz(func(t *testing.T, in []byte, ok bool) {
 		r, err := DecodeOpenReply(in, ok)
 		if err != nil {
 			return
 		}
 		out := make([]byte, MinDataArea*2)
-		if _, err := r.Encode(out); err != nil {
+		m, err := r.Encode(out)
+		if err != nil {
 			t.Fatalf("decoded %+v does not encode: %v", r, err)
+		}
+		if r.Flags&OpenReplyAuth != 0 && !bytes.Equal(out[m-MACSize:m], r.MAC[:]) {
+			t.Fatalf("proof not at the end of the re-encoded reply")
 		}
 	})
 }

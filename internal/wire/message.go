@@ -146,6 +146,9 @@ const (
 	StatusNotSupp  Status = Status(syscall.ENOTSUP) // operation not supported by the export
 	StatusProto    Status = Status(syscall.EPROTO)  // protocol violation
 	StatusShutdown Status = Status(syscall.ESHUTDOWN)
+	// StatusAccess: authentication required, failed, or not possible
+	// (EACCES); the OPEN reply's message says which.
+	StatusAccess Status = Status(syscall.EACCES)
 )
 
 // Err returns nil for StatusOK and the errno otherwise.
@@ -180,7 +183,10 @@ func StatusOf(err error) Status {
 // Open flags.
 const (
 	OpenReadOnly uint32 = 1 // the initiator wants read-only access
-	openKnown           = OpenReadOnly
+	// OpenAuth (version 3): the payload goes on after the export name with
+	// the initiator's nonce and its proof (Open.Nonce, Open.MAC).
+	OpenAuth  uint32 = 2
+	openKnown        = OpenReadOnly | OpenAuth
 )
 
 // SessionID identifies an initiator session: all queues of one device send the
@@ -196,6 +202,10 @@ type Open struct {
 	Queues     uint16 // the session's number of connections
 	Flags      uint32
 	ExportName string
+	// With OpenAuth: the initiator's fresh nonce and its proof,
+	// HMAC-SHA-256 over both nonces and this OPEN (internal/auth).
+	Nonce [NonceSize]byte
+	MAC   [MACSize]byte
 }
 
 const openFixed = 26
@@ -203,6 +213,9 @@ const openFixed = 26
 // Encode writes the payload into b and returns its length.
 func (o *Open) Encode(b []byte) (int, error) {
 	n := openFixed + len(o.ExportName)
+	if o.Flags&OpenAuth != 0 {
+		n += NonceSize + MACSize
+	}
 	if len(o.ExportName) == 0 || len(o.ExportName) > MaxExportName {
 		return 0, fmt.Errorf("%w: export name of %d bytes (1..%d)", ErrInvalid, len(o.ExportName), MaxExportName)
 	}
@@ -215,6 +228,11 @@ func (o *Open) Encode(b []byte) (int, error) {
 	le.PutUint32(b[20:], o.Flags)
 	le.PutUint16(b[24:], uint16(len(o.ExportName)))
 	copy(b[openFixed:], o.ExportName)
+	if o.Flags&OpenAuth != 0 {
+		a := b[openFixed+len(o.ExportName):]
+		copy(a, o.Nonce[:])
+		copy(a[NonceSize:], o.MAC[:])
+	}
 	return n, nil
 }
 
@@ -245,6 +263,14 @@ func DecodeOpen(b []byte) (Open, error) {
 	if strings.ContainsRune(o.ExportName, 0) {
 		return o, fmt.Errorf("%w: NUL in export name", ErrInvalid)
 	}
+	if o.Flags&OpenAuth != 0 {
+		a := b[openFixed+n:]
+		if len(a) < NonceSize+MACSize {
+			return o, short("authenticated OPEN", len(b), openFixed+n+NonceSize+MACSize)
+		}
+		copy(o.Nonce[:], a)
+		copy(o.MAC[:], a[NonceSize:])
+	}
 	return o, nil
 }
 
@@ -270,9 +296,20 @@ type OpenReply struct {
 	Caps              uint32
 	MaxDiscard        uint32 // bytes per TRIM / WRITE_ZEROES (0: any up to 4 GiB - 1)
 	OptimalIO         uint32
-	Session           SessionID
-	Message           string
+	// Flags (version 3; before: reserved, 0): OpenReplyAuth when MAC, the
+	// target's proof, follows the message.
+	Flags   uint32
+	Session SessionID
+	Message string
+	MAC     [MACSize]byte
 }
+
+// OpenReplyAuth: the OPEN reply carries the target's proof after its message.
+const OpenReplyAuth uint32 = 1
+
+// OpenReplyProved is how many leading bytes of an OPEN reply payload the
+// target's proof covers: the geometry, capabilities, flags and session id.
+const OpenReplyProved = 48
 
 const openReplyFixed = 50
 
@@ -283,6 +320,9 @@ func (r *OpenReply) Encode(b []byte) (int, error) {
 		m = m[:MaxMessage]
 	}
 	n := openReplyFixed + len(m)
+	if r.Flags&OpenReplyAuth != 0 {
+		n += MACSize
+	}
 	if len(b) < n {
 		return 0, short("OPEN reply buffer", len(b), n)
 	}
@@ -292,10 +332,13 @@ func (r *OpenReply) Encode(b []byte) (int, error) {
 	le.PutUint32(b[16:], r.Caps)
 	le.PutUint32(b[20:], r.MaxDiscard)
 	le.PutUint32(b[24:], r.OptimalIO)
-	le.PutUint32(b[28:], 0)
+	le.PutUint32(b[28:], r.Flags)
 	copy(b[32:48], r.Session[:])
 	le.PutUint16(b[48:], uint16(len(m)))
 	copy(b[openReplyFixed:], m)
+	if r.Flags&OpenReplyAuth != 0 {
+		copy(b[openReplyFixed+len(m):], r.MAC[:])
+	}
 	return n, nil
 }
 
@@ -312,12 +355,22 @@ func DecodeOpenReply(b []byte, ok bool) (OpenReply, error) {
 	r.Caps = le.Uint32(b[16:])
 	r.MaxDiscard = le.Uint32(b[20:])
 	r.OptimalIO = le.Uint32(b[24:])
+	r.Flags = le.Uint32(b[28:])
 	copy(r.Session[:], b[32:48])
 	n := int(le.Uint16(b[48:]))
 	if n > MaxMessage || len(b) < openReplyFixed+n {
 		return r, fmt.Errorf("%w: OPEN reply message of %d bytes", ErrInvalid, n)
 	}
 	r.Message = printable(string(b[openReplyFixed : openReplyFixed+n]))
+	if r.Flags&^OpenReplyAuth != 0 {
+		return r, fmt.Errorf("%w: unknown OPEN reply flags %#x", ErrInvalid, r.Flags)
+	}
+	if r.Flags&OpenReplyAuth != 0 {
+		if len(b) < openReplyFixed+n+MACSize {
+			return r, short("authenticated OPEN reply", len(b), openReplyFixed+n+MACSize)
+		}
+		copy(r.MAC[:], b[openReplyFixed+n:])
+	}
 	if !ok {
 		return r, nil
 	}

@@ -12,11 +12,16 @@ var le = binary.LittleEndian
 // Protocol versions this build speaks.
 const (
 	MinVersion = 1
-	MaxVersion = 2
+	MaxVersion = 3
 	// VersionPush is the first version in which the initiator registers its
 	// slots and the target pushes READ data into them (RDMA WRITE before the
 	// reply), so that a READ costs no RDMA READ round trip.
 	VersionPush = 2
+	// VersionAuth is the first version with pre-shared-key authentication:
+	// the accept carries the target's nonce, an OPEN may carry the
+	// initiator's nonce and proof (OpenAuth), and the OPEN reply the
+	// target's proof (OpenReplyAuth). docs/protocol.md, section 2.4.
+	VersionAuth = 3
 )
 
 // DefaultPort is the rdma_cm port rbdt listens on.
@@ -36,7 +41,13 @@ const (
 	// region (version 2).
 	ConnectSizeV2 = 32
 	AcceptSize    = 32
-	RejectHdr     = 8
+	// AcceptSizeV3 is an accept that carries the target's nonce (version 3).
+	AcceptSizeV3 = AcceptSize + NonceSize
+	// NonceSize is the size of each side's nonce; MACSize of a proof
+	// (HMAC-SHA-256).
+	NonceSize = 16
+	MACSize   = 32
+	RejectHdr = 8
 	// MaxRejectMessage keeps a reject within InfiniBand's 148 bytes.
 	MaxRejectMessage = 140
 	HeaderSize       = 32 // request and reply headers
@@ -164,7 +175,9 @@ func NegotiateConnect(c *Connect) (v uint8, ok bool, why string) {
 
 // Accept is the private data of the target's accept: the negotiated version
 // and limits and this connection's slots, Depth slots of SlotSize bytes from
-// SlotAddr in the memory region of SlotRKey.
+// SlotAddr in the memory region of SlotRKey. From version 3 on it also
+// carries the target's nonce for this connection (fresh random bytes, the
+// challenge an authenticating OPEN answers).
 type Accept struct {
 	Version   uint8
 	Depth     uint16
@@ -172,11 +185,17 @@ type Accept struct {
 	InlineMax uint32
 	SlotRKey  uint32
 	SlotAddr  uint64
+	Nonce     [NonceSize]byte // version 3
 }
 
-// Encode writes a into b (at least AcceptSize bytes) and returns the length.
+// Encode writes a into b and returns the length: AcceptSizeV3 bytes from
+// version 3 on (b must hold them), AcceptSize before.
 func (a *Accept) Encode(b []byte) int {
 	_ = b[AcceptSize-1]
+	if a.Version >= VersionAuth {
+		_ = b[AcceptSizeV3-1]
+		copy(b[AcceptSize:], a.Nonce[:])
+	}
 	le.PutUint32(b[0:], AcceptMagic)
 	b[4], b[5] = a.Version, 0
 	le.PutUint16(b[6:], 0)
@@ -186,6 +205,9 @@ func (a *Accept) Encode(b []byte) int {
 	le.PutUint32(b[16:], a.InlineMax)
 	le.PutUint32(b[20:], a.SlotRKey)
 	le.PutUint64(b[24:], a.SlotAddr)
+	if a.Version >= VersionAuth {
+		return AcceptSizeV3
+	}
 	return AcceptSize
 }
 
@@ -210,6 +232,12 @@ func DecodeAccept(b []byte) (Accept, error) {
 	if a.Version < MinVersion || a.Version > MaxVersion {
 		return a, fmt.Errorf("%w: the target chose version %d, this initiator speaks %d..%d", ErrInvalid, a.Version, MinVersion, MaxVersion)
 	}
+	if a.Version >= VersionAuth {
+		if len(b) < AcceptSizeV3 {
+			return a, short("version-3 accept private data", len(b), AcceptSizeV3)
+		}
+		copy(a.Nonce[:], b[AcceptSize:AcceptSizeV3])
+	}
 	if a.Depth == 0 || a.SlotSize == 0 {
 		return a, fmt.Errorf("%w: depth %d, slot size %d", ErrInvalid, a.Depth, a.SlotSize)
 	}
@@ -227,7 +255,8 @@ const (
 	RejectBadRequest   RejectReason = 2 // malformed connect private data
 	RejectResources    RejectReason = 3 // out of memory, QPs or locked memory
 	RejectShuttingDown RejectReason = 4
-	RejectTooMany      RejectReason = 5 // connection limit reached
+	RejectTooMany      RejectReason = 5 // connection limit reached (global or this peer's)
+	RejectNotAllowed   RejectReason = 6 // no export is offered to the initiator's address
 )
 
 func (r RejectReason) String() string {
@@ -242,6 +271,8 @@ func (r RejectReason) String() string {
 		return "target shutting down"
 	case RejectTooMany:
 		return "too many connections"
+	case RejectNotAllowed:
+		return "not allowed from this address"
 	}
 	return fmt.Sprintf("reason %d", uint16(r))
 }

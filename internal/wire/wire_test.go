@@ -77,9 +77,12 @@ func TestNegotiateConnect(t *testing.T) {
 		{"v1 only", Connect{MinVersion: 1, MaxVersion: 1}, 1, true, ""},
 		{"v1..2 without region falls back", Connect{MinVersion: 1, MaxVersion: 2}, 1, true, ""},
 		{"v1..2 with region", region(Connect{MinVersion: 1, MaxVersion: 2}), 2, true, ""},
-		{"v2 with region", region(Connect{MinVersion: 2, MaxVersion: 9}), 2, true, ""},
+		{"v2 with region", region(Connect{MinVersion: 2, MaxVersion: 2}), 2, true, ""},
+		{"v2..3 with region", region(Connect{MinVersion: 2, MaxVersion: 3}), 3, true, ""},
+		{"v2..9 with region", region(Connect{MinVersion: 2, MaxVersion: 9}), 3, true, ""},
+		{"v1..3 without region falls back", Connect{MinVersion: 1, MaxVersion: 3}, 1, true, ""},
 		{"v2 without region", Connect{MinVersion: 2, MaxVersion: 2}, 0, false, "slot region"},
-		{"too new", Connect{MinVersion: 3, MaxVersion: 4}, 0, false, "versions 1..2, the initiator 3..4"},
+		{"too new", region(Connect{MinVersion: 4, MaxVersion: 5}), 0, false, "versions 1..3, the initiator 4..5"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			v, ok, why := NegotiateConnect(&tc.c)
@@ -262,5 +265,66 @@ func TestOpenReplyRoundTrip(t *testing.T) {
 	}
 	if got, err := DecodeOpenReply(b[:n], false); err != nil || got.Message != "ok" {
 		t.Fatalf("error reply: %+v %v", got, err)
+	}
+}
+
+// Version 3: the accept carries the nonce, an authenticated OPEN its nonce
+// and proof after the name, the OPEN reply the target's proof after its
+// message; each cut short is an error.
+func TestAuthFieldsRoundTrip(t *testing.T) {
+	acc := Accept{Version: 3, Depth: 4, SlotSize: 8192, SlotRKey: 5, SlotAddr: 1 << 20, Nonce: [NonceSize]byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}}
+	b := make([]byte, AcceptSizeV3)
+	if n := acc.Encode(b); n != AcceptSizeV3 {
+		t.Fatalf("v3 accept of %d bytes", n)
+	}
+	if got, err := DecodeAccept(b); err != nil || got != acc {
+		t.Fatalf("accept round trip: %+v %v", got, err)
+	}
+	if _, err := DecodeAccept(b[:AcceptSize]); !errors.Is(err, ErrShort) {
+		t.Fatalf("v3 accept without nonce: %v, want ErrShort", err)
+	}
+	acc.Version = 2
+	if n := acc.Encode(b); n != AcceptSize {
+		t.Fatalf("v2 accept of %d bytes", n)
+	}
+	if got, _ := DecodeAccept(b); got.Nonce != ([NonceSize]byte{}) {
+		t.Fatal("a v2 accept carries a nonce")
+	}
+
+	o := Open{Session: SessionID{1}, Queue: 1, Queues: 2, Flags: OpenAuth, ExportName: "/dev/vg0/db",
+		Nonce: [NonceSize]byte{0xaa}, MAC: [MACSize]byte{0xbb, 31: 0xcc}}
+	ob := make([]byte, MinDataArea)
+	n, err := o.Encode(ob)
+	if err != nil || n != openFixed+len(o.ExportName)+NonceSize+MACSize {
+		t.Fatalf("Encode: %d %v", n, err)
+	}
+	if got, err := DecodeOpen(ob[:n]); err != nil || got != o {
+		t.Fatalf("OPEN round trip: %+v %v", got, err)
+	}
+	if _, err := DecodeOpen(ob[:n-1]); !errors.Is(err, ErrShort) {
+		t.Fatalf("truncated proof: %v, want ErrShort", err)
+	}
+	o.Flags = 4
+	n, _ = o.Encode(ob)
+	if _, err := DecodeOpen(ob[:n]); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown OPEN flag: %v", err)
+	}
+
+	r := OpenReply{Size: 1 << 20, LogicalBlockSize: 512, Flags: OpenReplyAuth, Message: "m", MAC: [MACSize]byte{1, 31: 2}}
+	rb := make([]byte, MinDataArea)
+	n, err = r.Encode(rb)
+	if err != nil || n != openReplyFixed+1+MACSize {
+		t.Fatalf("Encode reply: %d %v", n, err)
+	}
+	if got, err := DecodeOpenReply(rb[:n], true); err != nil || got != r {
+		t.Fatalf("reply round trip: %+v %v", got, err)
+	}
+	if _, err := DecodeOpenReply(rb[:n-1], true); !errors.Is(err, ErrShort) {
+		t.Fatalf("truncated reply proof: %v", err)
+	}
+	r.Flags = 2
+	n, _ = r.Encode(rb)
+	if _, err := DecodeOpenReply(rb[:n], true); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("unknown reply flag: %v", err)
 	}
 }

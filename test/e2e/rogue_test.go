@@ -515,7 +515,7 @@ func waitSessionGone(t testing.TB, srv *target.Server, sid wire.SessionID) {
 
 func hasSession(srv *target.Server, sid wire.SessionID) bool {
 	for _, s := range srv.Sessions() {
-		if s.ID == sid.String() {
+		if s.ID == target.SessionTag(sid) { // sessions are listed by tag, not id
 			return true
 		}
 	}
@@ -784,7 +784,7 @@ func TestRogue(t *testing.T) {
 	}
 	main.lg.check(t)
 	waitFDs(t, fd0)
-	if ss := main.srv.Sessions(); len(ss) != 1 || ss[0].ID != main.s.ID.String() {
+	if ss := main.srv.Sessions(); len(ss) != 1 || ss[0].ID != target.SessionTag(main.s.ID) {
 		t.Fatalf("sessions left on the target: %+v", ss)
 	}
 }

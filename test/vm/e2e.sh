@@ -4,7 +4,7 @@
 # soft-RoCE (rxe0, 10.77.0.1) and once over soft-iWARP (siw0, 10.79.0.1).
 # Test binaries are built on the host and run in the guest unchanged.
 #   test/vm/e2e.sh [go test flags...]     e.g. -run TestName -v
-# Env: E2E_PKGS (packages), E2E_TRANSPORTS ("rxe siw"), E2E_TIMEOUT (go test -timeout, 15m)
+# Env: E2E_PKGS (packages), E2E_TRANSPORTS ("rxe siw"), E2E_TIMEOUT (go test -timeout per package, 30m)
 set -u
 cd "$(dirname "$0")/../.."
 VM=test/vm/vm.sh
@@ -23,7 +23,7 @@ if [ $rc = 0 ]; then
     esac
     echo "== e2e over $t ($desc)"
     RBD_VM_DIR=$dir RBD_TEST_TRANSPORT=$t RBD_TEST_ADDR=$addr RBD_TEST_RDMA_DEV=$dev RBD_TEST_BIN=$PWD/bin \
-      go test -count=1 -p 1 -timeout "${E2E_TIMEOUT:-15m}" -exec "$PWD/test/vm/go-exec.sh" "$@" $PKGS || rc=1
+      go test -count=1 -p 1 -timeout "${E2E_TIMEOUT:-30m}" -exec "$PWD/test/vm/go-exec.sh" "$@" $PKGS || rc=1
   done
 fi
 $VM stop "$dir" || rc=${rc/#0/1}

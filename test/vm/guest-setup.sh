@@ -47,4 +47,4 @@ for d in rxe0 siw0 rxe1 rxe2; do
   for i in $(seq 1 50); do grep -q ACTIVE /sys/class/infiniband/$d/ports/1/state 2>/dev/null && break; sleep 0.1; done
 done
 echo 3 > /proc/sys/vm/drop_caches
-echo "guest-setup: $(uname -r); rxe0 on dummy0 10.77.0.1 ($(cat /sys/class/infiniband/rxe0/ports/1/state)), siw0 on dummy1 10.79.0.1 ($(cat /sys/class/infiniband/siw0/ports/1/state)); brd $(ls /dev/ram* | tr '\n' ' ')"
+echo "guest-setup: $(uname -r); rxe0 on dummy0 10.77.0.1 ($(cat /sys/class/infiniband/rxe0/ports/1/state)), siw0 on dummy1 10.79.0.1 ($(cat /sys/class/infiniband/siw0/ports/1/state)); rxe1/rxe2 on veth0/veth1 10.78.0.1/.2 ($(cat /sys/class/infiniband/rxe1/ports/1/state 2>/dev/null || echo none)); brd $(ls /dev/ram* | tr '\n' ' ')"
