@@ -41,6 +41,12 @@ func (q *Queue) run(c *qconn) {
 			return
 		}
 		c = nc
+		// close may have looked for the connection to drop before this one
+		// was published (resend stores it, then this loads closing; close
+		// stores closing, then loads the connection): one of the two drops it
+		if q.closing.Load() {
+			c.drop("closed")
+		}
 	}
 }
 
@@ -90,6 +96,13 @@ func (q *Queue) reconnect(lost time.Time, why string) (*qconn, error) {
 			timeout = max(min(timeout, time.Until(lost.Add(limit))), time.Second)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		go func() { // closing the queue ends the attempt
+			select {
+			case <-q.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		c, err := q.dialOpen(ctx)
 		cancel()
 		if err == nil {

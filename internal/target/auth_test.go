@@ -575,17 +575,7 @@ func TestAuthReconnect(t *testing.T) {
 			net := memt.New(memt.Options{})
 			img := image(t, imageSize)
 			start := func(k auth.Key) func() {
-				srv, err := target.NewServer(target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{{Path: img, Key: k}}, Transport: net, Log: quiet()})
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := srv.Listen(); err != nil {
-					t.Fatal(err)
-				}
-				ctx, cancel := context.WithCancel(context.Background())
-				done := make(chan struct{})
-				go func() { srv.Serve(ctx); close(done) }()
-				stop := func() { cancel(); <-done }
+				_, stop := serveStoppableExport(t, net, target.ExportConfig{Path: img, Key: k})
 				return stop
 			}
 			stop1 := start(key)

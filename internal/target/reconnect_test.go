@@ -237,7 +237,13 @@ func TestFencing(t *testing.T) {
 // serveStoppable is serve with a stop function instead of the cleanup.
 func serveStoppable(t *testing.T, net *memt.Network, img string) (*target.Server, func()) {
 	t.Helper()
-	srv, err := target.NewServer(target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{{Path: img}}, Transport: net, Log: quiet()})
+	return serveStoppableExport(t, net, target.ExportConfig{Path: img})
+}
+
+// serveStoppableExport is serveStoppable for one export configured as ex.
+func serveStoppableExport(t *testing.T, net *memt.Network, ex target.ExportConfig) (*target.Server, func()) {
+	t.Helper()
+	srv, err := target.NewServer(target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{ex}, Transport: net, Log: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,6 +22,13 @@ import (
 // on a socket and as /dev/rbdiN, whose two sides see each other's writes;
 // and removal, which takes the socket away.
 func TestNBDSocket(t *testing.T) {
+	if tr, _, _ := env(t); tr == "siw" {
+		// the socket is a front end: below it, the queues are the kernel
+		// path's, which the other tests run over siw; and 6.1 siw's small
+		// I/O (tens of IOPS, issue 9) would make fio's verify runs here
+		// take most of the suite's time
+		t.Skip("the NBD socket is tested over soft-RoCE; its RDMA queues are the kernel path's, tested over siw by the others")
+	}
 	for _, tool := range []string{"nbdinfo", "qemu-img", "qemu-io", "nbdcopy", "fio"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is not installed: make deps installs it (libnbd-bin, qemu-utils, fio)", tool)
