@@ -16,6 +16,11 @@ import (
 // DefaultReadBufferSize is the default size of a Conn's read buffer.
 const DefaultReadBufferSize = 32 << 10
 
+// rawSockets: NewSocketPair serves the daemon's end with blocking system
+// calls in the reading and writing threads (rawConn) rather than on the
+// netpoller. RBD_NBD_SOCKET=netpoller turns it off (for comparisons).
+var rawSockets = os.Getenv("RBD_NBD_SOCKET") != "netpoller"
+
 // ErrClosed is returned by a Conn's methods after Close.
 var ErrClosed = errors.New("nbd: connection closed")
 
@@ -29,6 +34,11 @@ type ConnOptions struct {
 	// caller's buffer. Larger buffers need fewer system calls for small
 	// requests and copy more of large payloads.
 	ReadBufferSize int
+	// Netpoller serves a socketpair's daemon end (NewSocketPair) on Go's
+	// netpoller instead of with blocking system calls in the calling
+	// threads; RBD_NBD_SOCKET=netpoller in the environment makes it the
+	// default.
+	Netpoller bool
 }
 
 // A Conn serves the transmission phase of one NBD connection: the daemon's
@@ -122,13 +132,18 @@ func NewFileConn(f *os.File, opts *ConnOptions) (*Conn, error) {
 // NewSocketPair creates an AF_UNIX stream socketpair for one kernel NBD
 // connection. It returns the kernel's end, to be passed to Client.Connect or
 // Client.Reconfigure and closed afterwards (the kernel holds its own
-// reference), and a Conn serving the daemon's end on Go's netpoller.
+// reference), and a Conn serving the daemon's end with blocking system calls
+// in the reading and writing threads (see the package doc; with
+// RBD_NBD_SOCKET=netpoller, on Go's netpoller).
 func NewSocketPair(opts *ConnOptions) (kernel *os.File, conn *Conn, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("nbd: socketpair: %w", err)
 	}
 	kernel = os.NewFile(uintptr(fds[0]), "nbd-kernel")
+	if rawSockets && (opts == nil || !opts.Netpoller) {
+		return kernel, NewConn(newRawConn(fds[1]), opts), nil
+	}
 	daemon := os.NewFile(uintptr(fds[1]), "nbd-daemon")
 	conn, err = NewFileConn(daemon, opts)
 	daemon.Close()
@@ -206,7 +221,13 @@ func (c *Conn) ReadPayload(dst []byte) error {
 	if n == len(dst) {
 		return nil
 	}
-	m, err := io.ReadFull(c.nc, dst[n:])
+	var m int
+	var err error
+	if rc, ok := c.nc.(*rawConn); ok {
+		m, err = rc.readFull(dst[n:])
+	} else {
+		m, err = io.ReadFull(c.nc, dst[n:])
+	}
 	c.remain -= uint32(m)
 	if err != nil {
 		if errors.Is(err, io.EOF) {
@@ -468,8 +489,13 @@ func (c *Conn) writeBatch(batch []reply) error {
 		}
 	}
 	c.iov = iov
-	c.bufs = iov
-	_, err := c.bufs.WriteTo(c.nc)
+	var err error
+	if rc, ok := c.nc.(*rawConn); ok {
+		_, err = rc.writev(iov)
+	} else {
+		c.bufs = iov
+		_, err = c.bufs.WriteTo(c.nc)
+	}
 	if err != nil {
 		clear(iov)
 		return fmt.Errorf("nbd: write replies: %w", err)

@@ -22,6 +22,7 @@ var connVariants = []struct {
 }{
 	{"default", nil},
 	{"tiny buffer", &ConnOptions{ReadBufferSize: RequestSize}},
+	{"netpoller", &ConnOptions{Netpoller: true}},
 }
 
 // fakeKernel is the kernel's end of a socketpair: it writes requests and
@@ -523,7 +524,8 @@ func TestConnNoAllocs(t *testing.T) {
 			in := make([]byte, ReplySize+len(data))
 			var wreq [RequestSize + 4096]byte
 			Request{Type: CmdWrite, Handle: 8, Length: 4096}.Encode(wreq[:])
-			done := func() {}
+			released := make(chan struct{}, 1)
+			done := func() { released <- struct{}{} }
 			op := func() {
 				if _, err := k.f.Write(req[:]); err != nil {
 					panic(err)
@@ -538,6 +540,7 @@ func TestConnNoAllocs(t *testing.T) {
 				if _, err := io.ReadFull(k.f, in); err != nil {
 					panic(err)
 				}
+				<-released // data is the Conn's until done
 				if _, err := k.f.Write(wreq[:]); err != nil {
 					panic(err)
 				}

@@ -15,8 +15,14 @@
 //     socketpair whose other end belongs to the kernel (NewSocketPair). One
 //     goroutine reads requests (ReadRequest) and WRITE payloads straight into
 //     the caller's buffers (ReadPayload); any goroutine queues replies (Reply),
-//     which a writer goroutine sends in batches, one writev each. The socket
-//     sits on Go's netpoller: no thread blocks in a system call.
+//     which a writer goroutine sends in batches, one writev each, or Flush
+//     sends from the caller's goroutine. A socketpair's daemon end is read
+//     and written with blocking system calls in the calling thread (rawConn):
+//     a request wakes the thread that waits for it, with no hand-off through
+//     the netpoller, and a WRITE's payload arrives with one MSG_WAITALL read
+//     however many pieces the kernel sends it in. RBD_NBD_SOCKET=netpoller in
+//     the environment puts it on Go's netpoller instead, for comparisons.
+//     Other connections (a net.Conn from a listener) use the netpoller.
 //   - HandshakeServer and ServeHandshake, the server side of the
 //     fixed-newstyle handshake: the greeting, then options until the client
 //     picks an export (NBD_OPT_GO, NBD_OPT_INFO with the export's size,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"syscall"
 	"time"
 
@@ -219,6 +220,19 @@ func (r *Ring) Leftovers(report func(wc *verbs.WC)) {
 	}
 }
 
+// threadWaiter is an endpoint whose loop can sleep in its own thread
+// (verbs.CQ.WaitEventThread) instead of on the netpoller.
+type threadWaiter interface{ WaitEventThread() error }
+
+var threadWait = os.Getenv("RBD_CQ_WAIT") != "netpoller"
+
+func (r *Ring) wait() error {
+	if tw, ok := r.ep.(threadWaiter); ok && threadWait {
+		return tw.WaitEventThread()
+	}
+	return r.ep.WaitEvent(context.Background())
+}
+
 // Run is the connection's completion loop. It returns nil when Stopped says
 // so, verbs.ErrClosed when the endpoint is woken or closed, or the CQ's error.
 func (r *Ring) Run(l Loop) error {
@@ -247,7 +261,7 @@ func (r *Ring) Run(l Loop) error {
 				if l.Waited != nil {
 					l.Waited()
 				}
-				if err := cq.WaitEvent(context.Background()); err != nil {
+				if err := r.wait(); err != nil {
 					return err
 				}
 				continue

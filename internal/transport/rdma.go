@@ -93,6 +93,7 @@ func (e *rdmaEndpoint) MaxInlineData() int                     { return e.ep.QP.
 func (e *rdmaEndpoint) Poll(wcs []verbs.WC) (int, error)       { return e.ep.CQ.Poll(wcs) }
 func (e *rdmaEndpoint) Arm(solicitedOnly bool) error           { return e.ep.CQ.ArmFor(solicitedOnly) }
 func (e *rdmaEndpoint) WaitEvent(ctx context.Context) error    { return e.ep.CQ.WaitEvent(ctx) }
+func (e *rdmaEndpoint) WaitEventThread() error                 { return e.ep.CQ.WaitEventThread() }
 
 // SolicitedEvents: InfiniBand and RoCE devices signal solicited receives
 // (rxe does); iWARP is taken not to, as Linux 6.1's siw signals a receive

@@ -5,14 +5,19 @@ import (
 	"sync/atomic"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // CompChannel is a completion channel: it tells when an armed CQ has a new
 // completion. Its fd is non-blocking and waited on with Go's netpoller.
 type CompChannel struct {
-	lt  lifetime
-	ch  unsafe.Pointer
-	pfd *pollFD
+	lt   lifetime
+	ch   unsafe.Pointer
+	fd   int // the channel's own fd (non-blocking), for WaitEventThread
+	pfd  *pollFD
+	wake int // eventfd: written by wakeup, so that WaitEventThread returns
+	woke atomic.Bool
 }
 
 // NewCompChannel creates a completion channel on the device.
@@ -30,22 +35,36 @@ func (c *Context) NewCompChannel() (*CompChannel, error) {
 		cDestroyCompChannel(ch)
 		return nil, err
 	}
-	return &CompChannel{ch: ch, pfd: pfd}, nil
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		pfd.close()
+		cDestroyCompChannel(ch)
+		return nil, newError("eventfd", err.(syscall.Errno))
+	}
+	return &CompChannel{ch: ch, fd: fd, pfd: pfd, wake: wake}, nil
 }
 
 // Close wakes any goroutine waiting on the channel (it gets ErrClosed) and
 // destroys the channel; it is idempotent. The CQs using it must be closed first.
 func (cc *CompChannel) Close() error {
-	cc.pfd.close()
+	cc.wakeup()
 	if !cc.lt.close() {
 		return nil
 	}
 	defer cc.lt.unlock()
+	unix.Close(cc.wake)
 	return cDestroyCompChannel(cc.ch)
 }
 
-// wakeup closes the netpoller side only, so that waiters return ErrClosed.
-func (cc *CompChannel) wakeup() { cc.pfd.close() }
+// wakeup closes the netpoller side and signals the eventfd, so that waiters
+// of either kind return ErrClosed; it frees nothing.
+func (cc *CompChannel) wakeup() {
+	cc.pfd.close()
+	if !cc.woke.Swap(true) {
+		var one = [8]byte{1}
+		unix.Write(cc.wake, one[:])
+	}
+}
 
 // CQ is a completion queue. Poll and Wait may run in one goroutine while
 // another posts work or closes the CQ.
@@ -145,6 +164,39 @@ func (cq *CQ) WaitEvent(ctx context.Context) error {
 		cq.ack(1)
 	}
 	return nil
+}
+
+// WaitEventThread is WaitEvent for a loop that would rather keep its thread
+// than park on the netpoller: it blocks the calling thread in poll(2) on the
+// channel (and on the wake-up eventfd), so that the completion wakes this
+// very thread, with no hand-off through the scheduler. It returns ErrClosed
+// once the channel is woken or closed.
+func (cq *CQ) WaitEventThread() error {
+	ch := cq.ch
+	if ch == nil {
+		return newError("ibv_get_cq_event", syscall.EINVAL)
+	}
+	if !ch.lt.acquire() {
+		return ErrClosed
+	}
+	defer ch.lt.release()
+	fds := []unix.PollFd{{Fd: int32(ch.fd), Events: unix.POLLIN}, {Fd: int32(ch.wake), Events: unix.POLLIN}}
+	for {
+		if ch.woke.Load() {
+			return ErrClosed
+		}
+		_, e := cGetCQEvent(ch.ch)
+		if e == nil {
+			cq.ack(1)
+			return nil
+		}
+		if e != syscall.EAGAIN && e != syscall.EWOULDBLOCK {
+			return newError("ibv_get_cq_event", e.(syscall.Errno))
+		}
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			return newError("poll", err.(syscall.Errno))
+		}
+	}
 }
 
 // ack acknowledges events in batches (ibv_ack_cq_events takes a lock).

@@ -15,7 +15,11 @@
 // (Endpoint.Close does this for a whole connection), and Close is safe while
 // another goroutine polls or waits. No goroutine ever blocks inside C: the
 // completion-channel and rdma_cm event-channel fds are non-blocking and their
-// waiting is done on Go's netpoller. Errors wrap the errno with the name of the
+// waiting is done on Go's netpoller (CQ.WaitEvent), or, for a completion
+// loop that would rather keep its thread, in poll(2) in that thread
+// (CQ.WaitEventThread: the completion wakes the very thread that handles it,
+// with no hand-off through the scheduler; an eventfd wakes it on close).
+// Errors wrap the errno with the name of the
 // verb ("verbs: ibv_reg_mr: cannot allocate memory").
 //
 // Without cgo, or on a host without RDMA devices, the package still builds;

@@ -528,6 +528,49 @@ func TestCloseWhileWaiting(t *testing.T) {
 	}
 }
 
+// TestWaitEventThread: a completion wakes a thread blocked in
+// WaitEventThread; Wakeup (and Close) make it return ErrClosed.
+func TestWaitEventThread(t *testing.T) {
+	cli, srv := pair(t, 4096)
+	if err := srv.ep.CQ.Arm(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.ep.QP.PostRecv([]RecvWR{{ID: 1, NumSGE: 1, SGE: [MaxSGE]SGE{srv.mr.SGE(0, 64)}}}); err != nil {
+		t.Fatal(err)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- srv.ep.CQ.WaitEventThread() }()
+	time.Sleep(50 * time.Millisecond)
+	if _, err := cli.ep.QP.PostSend([]SendWR{{ID: 2, Op: OpSend, Flags: Signaled, NumSGE: 1, SGE: [MaxSGE]SGE{cli.mr.SGE(0, 64)}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Fatalf("WaitEventThread after a receive: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a receive did not wake WaitEventThread")
+	}
+	if n, err := srv.ep.CQ.Poll(make([]WC, 4)); n != 1 || err != nil {
+		t.Fatalf("Poll after the event: %d, %v", n, err)
+	}
+	go func() { woke <- srv.ep.CQ.WaitEventThread() }()
+	time.Sleep(50 * time.Millisecond)
+	srv.ep.Wakeup()
+	select {
+	case err := <-woke:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("WaitEventThread after Wakeup: %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wakeup did not end WaitEventThread")
+	}
+	if err := srv.ep.CQ.WaitEventThread(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("WaitEventThread after Wakeup: %v, want ErrClosed at once", err)
+	}
+}
+
 func countFDs(t testing.TB) int {
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
