@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -200,4 +203,93 @@ func TestKernelTimeoutUnderOutage(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^kernel_resent\s+[1-9]`).MatchString(stats) {
 		t.Errorf("no resent write met its first copy (kernel_resent 0): the guard did not see the kernel's resends:\n%s", stats)
 	}
+}
+
+// TestDeadQueueUnderFio: the same fio verify on ext4 on a two-queue device
+// while one queue's connection, and only that one, loses every packet: a tc
+// u32 filter on both ends of the veth wire drops the RoCE v2 packets whose
+// destination queue pair (BTH) is one of rbdt's, so its keepalive times out
+// and the queue reconnects (to a new queue pair, which the filter lets
+// through) and sends again what it had in flight; the other queue is not
+// disturbed (exactly one reconnect is counted). The kernel sees no error on
+// either socket and fio finishes with zero errors.
+func TestDeadQueueUnderFio(t *testing.T) {
+	if tr, _, _ := env(t); tr != "rxe" {
+		t.Skip("the guest's veth wire carries soft-RoCE only")
+	}
+	for _, dev := range []string{"rxe1", "rxe2"} {
+		if _, err := os.Stat("/sys/class/infiniband/" + dev); err != nil {
+			t.Skipf("no %s on the veth wire (test/vm/guest-setup.sh makes it): %v", dev, err)
+		}
+	}
+	d := startDaemons(t, daemonOpts{addr: "10.78.0.1", exports: []string{"/dev/ram1"},
+		rbdiArgs: []string{"--queues", "2", "--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}})
+	unfilter := func() {
+		for _, ifc := range []string{"veth0", "veth1"} {
+			exec.Command("tc", "qdisc", "del", "dev", ifc, "root").Run()
+		}
+	}
+	t.Cleanup(unfilter)
+	stats := fioAcross(t, d, "the loss of one queue's connection", "", func() {
+		qp := targetQP(t, "rxe1")
+		// veth1 carries the initiator's packets to rbdt's queue pair, veth0
+		// rbdt's to the initiator's; BTH's destination QP is the low 24 bits
+		// of the 32-bit word at byte 32 (20 bytes of IPv4, 8 of UDP, 4 of BTH)
+		for _, f := range []struct{ ifc, qpn string }{{"veth1", qp.lqpn}, {"veth0", qp.rqpn}} {
+			n, err := strconv.ParseUint(f.qpn, 10, 24)
+			if err != nil {
+				t.Fatalf("queue pair number %q: %v", f.qpn, err)
+			}
+			run(t, "tc", "qdisc", "replace", "dev", f.ifc, "root", "handle", "1:", "prio")
+			run(t, "tc", "filter", "add", "dev", f.ifc, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+				"match", "ip", "protocol", "17", "0xff", "match", "ip", "dport", "4791", "0xffff",
+				"match", "u32", fmt.Sprintf("0x%08x", n), "0x00ffffff", "at", "32", "action", "drop")
+		}
+		t.Logf("dropping the packets of rbdt's queue pair %s and its peer %s", qp.lqpn, qp.rqpn)
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			if list, _, _ := d.ctl("-l"); strings.Contains(list, "reconnecting") {
+				break
+			}
+			if time.Now().After(deadline) {
+				list, _, _ := d.ctl("-l")
+				t.Fatalf("20 s after its packets were dropped, no queue reconnects:\n%s", list)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}, func() {}) // the filter stays: the new queue pair has a new number
+	if !regexp.MustCompile(`(?m)^reconnects\s+1$`).MatchString(stats) {
+		t.Errorf("want exactly one reconnect (the queue whose packets were dropped):\n%s", stats)
+	}
+}
+
+// rdmaQP is a queue pair as `rdma -j resource show qp` lists it.
+type rdmaQP struct {
+	ifname, lqpn, rqpn, comm, state string
+}
+
+// targetQP is one of rbdt's connected RC queue pairs on device ifname.
+func targetQP(t *testing.T, ifname string) rdmaQP {
+	t.Helper()
+	var qps []map[string]any
+	if err := json.Unmarshal([]byte(run(t, "rdma", "-j", "resource", "show", "qp")), &qps); err != nil {
+		t.Fatalf("rdma -j resource show qp: %v", err)
+	}
+	for _, m := range qps {
+		s := func(k string) string {
+			switch v := m[k].(type) {
+			case string:
+				return v
+			case float64:
+				return strconv.FormatFloat(v, 'f', -1, 64)
+			}
+			return ""
+		}
+		qp := rdmaQP{ifname: s("ifname"), lqpn: s("lqpn"), rqpn: s("rqpn"), comm: s("comm"), state: s("state")}
+		if qp.ifname == ifname && qp.comm == "rbdt" && qp.state == "RTS" && s("type") == "RC" && qp.rqpn != "" {
+			return qp
+		}
+	}
+	t.Fatalf("no connected queue pair of rbdt on %s:\n%s", ifname, run(t, "rdma", "resource", "show", "qp"))
+	return rdmaQP{}
 }
