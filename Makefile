@@ -57,6 +57,7 @@ vm: ## fetch the guest kernel and build siw/rtrs/rnbd and the initramfs (cached)
 	test/vm/build.sh
 
 e2e: build vm ## the guest suite, over soft-RoCE and soft-iWARP
+	@rm -rf bin/deb; DEBOUT=bin/deb scripts/mkdeb.sh > /dev/null # the package TestDebInstall installs
 	test/vm/e2e.sh
 
 # test and demo are the README's two commands: each installs what it needs

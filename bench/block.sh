@@ -83,7 +83,7 @@ pin() {
   for f in "$@"; do
     f=$(command -v "$f") || continue
     for l in "$f" /lib64/ld-linux-x86-64.so.2 $(ldd "$f" 2> /dev/null | awk '$3 ~ /^\// {print $3}'); do
-      l=$(realpath "$l") && : >> "$l" 2> /dev/null
+      l=$(realpath "$l") && { : >> "$l"; } 2> /dev/null # a running ld.so cannot be (ETXTBSY): left on 9p
     done
   done
 }
