@@ -38,7 +38,7 @@ CONFDIR ?= /etc/rbd
 UNITDIR ?= $(if $(filter /usr /usr/local,$(PREFIX)),$(PREFIX)/lib/systemd/system,/etc/systemd/system)
 INSTALL ?= install
 
-.PHONY: all build deps unit e2e test demo bench vm clean help install uninstall deb
+.PHONY: all build deps unit fuzz e2e test demo bench vm clean help install uninstall deb
 
 all: build
 
@@ -49,9 +49,13 @@ build: ## build rbdt, rbdi and rbdctl into bin/
 deps: ## install the Debian packages build, tests, demo and benchmarks need (idempotent)
 	@scripts/deps.sh
 
-unit: ## host tests (RDMA and kernel-NBD tests skip here; they run in e2e)
+unit: ## host tests (RDMA and kernel-NBD tests skip here; they run in e2e), then each fuzz target for 2 s
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
+	@FUZZTIME=2s GO=$(GO) scripts/fuzz.sh
+
+fuzz: ## every native fuzz target for FUZZTIME (10s) each; FUZZSAVE=1 adds what it finds to the committed corpora
+	@GO=$(GO) scripts/fuzz.sh $(if $(FUZZSAVE),--save)
 
 vm: ## fetch the guest kernel and build siw/rtrs/rnbd and the initramfs (cached)
 	test/vm/build.sh

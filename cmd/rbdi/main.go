@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -121,8 +122,19 @@ devices through its control socket.`,
 }
 
 func loadConfig(path string) (*fileConfig, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseConfig(f, path)
+}
+
+// parseConfig decodes and checks a configuration file; path names it in
+// errors.
+func parseConfig(r io.Reader, path string) (*fileConfig, error) {
 	var fc fileConfig
-	if err := daemon.LoadTOML(path, &fc); err != nil {
+	if err := daemon.DecodeTOML(r, path, &fc); err != nil {
 		return nil, err
 	}
 	for i, d := range fc.Device {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"os"
@@ -111,8 +112,19 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 }
 
 func loadConfig(path string) (*fileConfig, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return parseConfig(f, path)
+}
+
+// parseConfig decodes and checks a configuration file; path names it in
+// errors.
+func parseConfig(r io.Reader, path string) (*fileConfig, error) {
 	var fc fileConfig
-	if err := daemon.LoadTOML(path, &fc); err != nil {
+	if err := daemon.DecodeTOML(r, path, &fc); err != nil {
 		return nil, err
 	}
 	return &fc, nil

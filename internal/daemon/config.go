@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/pelletier/go-toml/v2"
@@ -16,7 +17,12 @@ func LoadTOML(path string, v any) error {
 		return err
 	}
 	defer f.Close()
-	if err := toml.NewDecoder(f).DisallowUnknownFields().Decode(v); err != nil {
+	return DecodeTOML(f, path, v)
+}
+
+// DecodeTOML is LoadTOML on a reader; path names it in errors.
+func DecodeTOML(r io.Reader, path string, v any) error {
+	if err := toml.NewDecoder(r).DisallowUnknownFields().Decode(v); err != nil {
 		var de *toml.DecodeError
 		if errors.As(err, &de) {
 			row, col := de.Position()

@@ -179,6 +179,18 @@ type stateFile struct {
 }
 
 // load reads every device file, by device number.
+// decode reads the state file at path p from its bytes b and checks it.
+func (s *stateStore) decode(b []byte, p string) (*deviceState, error) {
+	var st deviceState
+	err := json.Unmarshal(b, &st)
+	if err == nil {
+		if err = st.check(); err == nil && s.path(st.Num) != p {
+			err = fmt.Errorf("names device %d", st.Num)
+		}
+	}
+	return &st, err
+}
+
 func (s *stateStore) load() []stateFile {
 	if !s.enabled() {
 		return nil
@@ -197,13 +209,7 @@ func (s *stateStore) load() []stateFile {
 			err = errors.New("larger than 1 MiB")
 		}
 		if err == nil {
-			var st deviceState
-			if err = json.Unmarshal(b, &st); err == nil {
-				if err = st.check(); err == nil && s.path(st.Num) != p {
-					err = fmt.Errorf("names device %d", st.Num)
-				}
-			}
-			sf.st = &st
+			sf.st, err = s.decode(b, p)
 		}
 		sf.err = err
 		out = append(out, sf)
