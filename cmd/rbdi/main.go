@@ -121,14 +121,7 @@ devices through its control socket.`,
 	return cmd
 }
 
-func loadConfig(path string) (*fileConfig, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return parseConfig(f, path)
-}
+func loadConfig(path string) (*fileConfig, error) { return daemon.ParseFile(path, parseConfig) }
 
 // parseConfig decodes and checks a configuration file; path names it in
 // errors.

@@ -111,14 +111,7 @@ path, as in: rbdctl -n -a TARGET -p 65000 -d /dev/ram0.`,
 	return cmd
 }
 
-func loadConfig(path string) (*fileConfig, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	return parseConfig(f, path)
-}
+func loadConfig(path string) (*fileConfig, error) { return daemon.ParseFile(path, parseConfig) }
 
 // parseConfig decodes and checks a configuration file; path names it in
 // errors.

@@ -20,6 +20,18 @@ func LoadTOML(path string, v any) error {
 	return DecodeTOML(f, path, v)
 }
 
+// ParseFile opens the file at path and hands it to parse, with path for
+// its errors (a configuration file's loader and its fuzz target share parse).
+func ParseFile[T any](path string, parse func(r io.Reader, path string) (T, error)) (T, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	defer f.Close()
+	return parse(f, path)
+}
+
 // DecodeTOML is LoadTOML on a reader; path names it in errors.
 func DecodeTOML(r io.Reader, path string, v any) error {
 	if err := toml.NewDecoder(r).DisallowUnknownFields().Decode(v); err != nil {

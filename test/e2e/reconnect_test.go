@@ -53,16 +53,7 @@ func targetGoneUnderFio(t *testing.T, sig syscall.Signal) {
 // attempts fail until the link is back, then the queues reconnect, send
 // again what was in flight, and fio finishes with zero errors.
 func TestLinkOutageUnderFio(t *testing.T) {
-	if tr, _, _ := env(t); tr != "rxe" {
-		t.Skip("the guest's veth wire carries soft-RoCE only")
-	}
-	for _, dev := range []string{"rxe1", "rxe2"} {
-		if _, err := os.Stat("/sys/class/infiniband/" + dev); err != nil {
-			t.Skipf("no %s on the veth wire (test/vm/guest-setup.sh makes it): %v", dev, err)
-		}
-	}
-	d := startDaemons(t, daemonOpts{addr: "10.78.0.1", exports: []string{"/dev/ram1"},
-		rbdiArgs: []string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}})
+	d := startOnWire(t)
 	cut := func(on bool) {
 		for _, ifc := range []string{"veth0", "veth1"} {
 			if on {
@@ -77,6 +68,24 @@ func TestLinkOutageUnderFio(t *testing.T) {
 		cut(true)
 		time.Sleep(10 * time.Second)
 	}, func() { cut(false) })
+}
+
+// startOnWire starts the daemons on the guest's veth wire (rbdt on rxe1,
+// 10.78.0.1; rbdi reaches it through rxe2), with a 1 s keepalive, a 3 s
+// keepalive timeout and a 1 s reconnect delay, and rbdi's extra flags; it
+// skips where there is no wire (soft-iWARP, or a guest without it).
+func startOnWire(t *testing.T, rbdiArgs ...string) *daemons {
+	t.Helper()
+	if tr, _, _ := env(t); tr != "rxe" {
+		t.Skip("the guest's veth wire carries soft-RoCE only")
+	}
+	for _, dev := range []string{"rxe1", "rxe2"} {
+		if _, err := os.Stat("/sys/class/infiniband/" + dev); err != nil {
+			t.Skipf("no %s on the veth wire (test/vm/guest-setup.sh makes it): %v", dev, err)
+		}
+	}
+	return startDaemons(t, daemonOpts{addr: "10.78.0.1", exports: []string{"/dev/ram1"},
+		rbdiArgs: append([]string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}, rbdiArgs...)})
 }
 
 // fioAcross runs fio with crc32c verification on a fresh ext4 on a device
@@ -214,16 +223,7 @@ func TestKernelTimeoutUnderOutage(t *testing.T) {
 // disturbed (exactly one reconnect is counted). The kernel sees no error on
 // either socket and fio finishes with zero errors.
 func TestDeadQueueUnderFio(t *testing.T) {
-	if tr, _, _ := env(t); tr != "rxe" {
-		t.Skip("the guest's veth wire carries soft-RoCE only")
-	}
-	for _, dev := range []string{"rxe1", "rxe2"} {
-		if _, err := os.Stat("/sys/class/infiniband/" + dev); err != nil {
-			t.Skipf("no %s on the veth wire (test/vm/guest-setup.sh makes it): %v", dev, err)
-		}
-	}
-	d := startDaemons(t, daemonOpts{addr: "10.78.0.1", exports: []string{"/dev/ram1"},
-		rbdiArgs: []string{"--queues", "2", "--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s"}})
+	d := startOnWire(t, "--queues", "2")
 	unfilter := func() {
 		for _, ifc := range []string{"veth0", "veth1"} {
 			exec.Command("tc", "qdisc", "del", "dev", ifc, "root").Run()
