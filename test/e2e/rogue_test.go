@@ -134,6 +134,12 @@ func connectData(depth uint16, maxIO, inline uint32) []byte {
 // dialRogueErr connects with the given private data; the target's reject is
 // returned as the error (a *verbs.RejectedError inside).
 func dialRogueErr(t testing.TB, to netip.AddrPort, pd []byte) (*rogue, error) {
+	return dialRogueFor(t, to, func(*rogue) []byte { return pd })
+}
+
+// dialRogueFor is dialRogueErr with private data made once the rogue's
+// memory is registered (a version-2 request names its slot region).
+func dialRogueFor(t testing.TB, to netip.AddrPort, pdFor func(r *rogue) []byte) (*rogue, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	id, err := verbs.Resolve(ctx, netip.AddrPort{}, to)
@@ -176,7 +182,7 @@ func dialRogueErr(t testing.TB, to netip.AddrPort, pd []byte) (*rogue, error) {
 	if _, err := r.ep.QP.PostRecv(wrs); err != nil {
 		return fail(err)
 	}
-	ev, err := r.ep.ID.Connect(ctx, verbs.ConnParam{PrivateData: pd, InitiatorDepth: 16, RetryCount: 7, RNRRetryCount: 7})
+	ev, err := r.ep.ID.Connect(ctx, verbs.ConnParam{PrivateData: pdFor(r), InitiatorDepth: 16, RetryCount: 7, RNRRetryCount: 7})
 	if err != nil {
 		return fail(err)
 	}
@@ -288,7 +294,10 @@ func (r *rogue) sendWR(msg []byte) verbs.SendWR {
 	r.next = (r.next + 1) % rogueSends
 	copy(r.msgMR.Bytes()[off:], msg)
 	r.wrID++
-	w := verbs.SendWR{ID: rogueIDSend | r.wrID&0xffff, Op: verbs.OpSend, Flags: verbs.Signaled}
+	// solicited, as rbdi's commands are: a version-2+ target's loop sleeps
+	// for solicited messages only (protocol.md), so an unsolicited OPEN of a
+	// version-3 rogue would wait for the target's next wake-up
+	w := verbs.SendWR{ID: rogueIDSend | r.wrID&0xffff, Op: verbs.OpSend, Flags: verbs.Signaled | verbs.Solicited}
 	if len(msg) > 0 {
 		w.NumSGE = 1
 		w.SGE[0] = r.msgMR.SGE(off, len(msg))
