@@ -101,7 +101,7 @@ func fioAcross(t *testing.T, d *daemons, what, during string, disrupt, restore f
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	fio := exec.CommandContext(ctx, "fio", "--name=verify", "--directory="+mnt, "--ioengine=libaio", "--direct=1",
-		"--rw=randwrite", "--bsrange=4k-64k", "--iodepth=16", "--numjobs=2", "--size=24m",
+		"--rw=randwrite", "--bsrange=4k-64k", "--iodepth=16", "--numjobs=2", "--size=12m",
 		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--group_reporting", "--minimal")
 	fioDone := make(chan struct{})
 	var out []byte

@@ -95,7 +95,7 @@ func TestFioVerify(t *testing.T) {
 	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"}})
 	dev := d.add("/dev/ram1")
 	out := run(t, "fio", "--name=verify", "--filename="+dev, "--ioengine=libaio", "--direct=1",
-		"--rw=randwrite", "--bsrange=4k-128k", "--iodepth=32", "--numjobs=3", "--size=16m", "--offset_increment=32m",
+		"--rw=randwrite", "--bsrange=4k-128k", "--iodepth=32", "--numjobs=3", "--size=8m", "--offset_increment=32m",
 		"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--group_reporting", "--minimal")
 	// terse output: field 5 is the read error count... use the status line
 	if !strings.Contains(out, ";") {
