@@ -49,12 +49,12 @@ build: ## build rbdt, rbdi and rbdctl into bin/
 deps: ## install the Debian packages build, tests, demo and benchmarks need (idempotent)
 	@scripts/deps.sh
 
-unit: ## host tests (RDMA and kernel-NBD tests skip here; they run in e2e), then each fuzz target for 2 s
+unit: ## host tests (RDMA and kernel-NBD tests skip here; they run in e2e), then each fuzz target for 5000 runs
 	$(GO) vet ./...
 	$(GO) test -count=1 ./...
-	@FUZZTIME=2s GO=$(GO) scripts/fuzz.sh
+	@FUZZTIME=5000x GO=$(GO) scripts/fuzz.sh
 
-fuzz: ## every native fuzz target for FUZZTIME (10s) each; FUZZSAVE=1 adds what it finds to the committed corpora
+fuzz: ## every native fuzz target for FUZZTIME (50000x: runs) each; FUZZSAVE=1 adds what it finds to the committed corpora
 	@GO=$(GO) scripts/fuzz.sh $(if $(FUZZSAVE),--save)
 
 vm: ## fetch the guest kernel and build siw/rtrs/rnbd and the initramfs (cached)

@@ -418,8 +418,8 @@ func TestLargeRequests(t *testing.T) {
 // TestTargetHangs stops rbdt (SIGSTOP): its connections stay up in the
 // kernel, but nothing answers. The initiator's keepalive declares them dead
 // and the queues try to reconnect (rbdctl -l says so); when no target answers
-// within ctrl-loss-timeout, I/O fails instead of hanging, and the device says
-// why.
+// within ctrl-loss-timeout, I/O fails instead of hanging, the device says
+// why, and it can be removed.
 func TestTargetHangs(t *testing.T) {
 	d := startDaemons(t, daemonOpts{exports: []string{"/dev/ram1"},
 		rbdiArgs: []string{"--keepalive", "1s", "--keepalive-timeout", "3s", "--reconnect-delay", "1s", "--ctrl-loss-timeout", "10s"}})
@@ -456,6 +456,8 @@ func TestTargetHangs(t *testing.T) {
 	if !strings.Contains(list, "failed") || !strings.Contains(list, "ctrl-loss-timeout") {
 		t.Fatalf("rbdctl -l does not show the failure:\n%s", list)
 	}
+	// the failed device can still be removed, with its target still hung
+	d.remove(dev)
 	d.rbdt.Process.Signal(syscall.SIGCONT)
 }
 
