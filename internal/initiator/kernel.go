@@ -203,17 +203,15 @@ func (d *Device) startKernelFronts() ([]*os.File, error) {
 // the NBD socket's clients, the session.
 func (d *Device) stopServing() {
 	d.stop()
-	for _, k := range d.kfs {
-		k.close()
-	}
-	d.wg.Wait()
+	d.stopKernelFronts() // and the NBD socket's clients: d.wg counts them too
 	if d.sock != nil {
 		d.sock.wait()
 	}
 	d.sess.Close()
 }
 
-// stopKernelFronts closes the sockets and waits for their readers.
+// stopKernelFronts closes the kernel sockets and waits for their readers
+// (and for every other goroutine d.wg counts).
 func (d *Device) stopKernelFronts() {
 	d.closing.Store(true)
 	for _, k := range d.kfs {

@@ -178,7 +178,6 @@ type stateFile struct {
 	err  error
 }
 
-// load reads every device file, by device number.
 // decode reads the state file at path p from its bytes b and checks it.
 func (s *stateStore) decode(b []byte, p string) (*deviceState, error) {
 	var st deviceState
@@ -191,6 +190,7 @@ func (s *stateStore) decode(b []byte, p string) (*deviceState, error) {
 	return &st, err
 }
 
+// load reads every device file, by device number.
 func (s *stateStore) load() []stateFile {
 	if !s.enabled() {
 		return nil
