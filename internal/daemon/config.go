@@ -9,17 +9,6 @@ import (
 	"github.com/pelletier/go-toml/v2"
 )
 
-// LoadTOML decodes the TOML file at path into v, refusing keys v does not
-// have; errors name the file, line and column.
-func LoadTOML(path string, v any) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return DecodeTOML(f, path, v)
-}
-
 // ParseFile opens the file at path and hands it to parse, with path for
 // its errors (a configuration file's loader and its fuzz target share parse).
 func ParseFile[T any](path string, parse func(r io.Reader, path string) (T, error)) (T, error) {
@@ -32,7 +21,8 @@ func ParseFile[T any](path string, parse func(r io.Reader, path string) (T, erro
 	return parse(f, path)
 }
 
-// DecodeTOML is LoadTOML on a reader; path names it in errors.
+// DecodeTOML decodes TOML from r into v, refusing keys v does not have;
+// errors name path, line and column.
 func DecodeTOML(r io.Reader, path string, v any) error {
 	if err := toml.NewDecoder(r).DisallowUnknownFields().Decode(v); err != nil {
 		var de *toml.DecodeError
