@@ -94,5 +94,31 @@ PY
       awk -v n="$(python3 -c "print(max(1.0, $iops * $DUR))")" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" { printf "  %-20s %7.2f\n", $NF, $4 / n }' $W/strace.$1 | sort -k2 -rn | head -12
     done
   fi
+  if [ -n "${PROF_SLEEPS:-}" ] && command -v strace > /dev/null; then
+    # the Go runtime's sleeps: sysmon backs off from 20 µs to 10 ms while
+    # it finds nothing to do, and starts again at 20 µs after a wake-up
+    for p in $ip $tp; do timeout $((DUR + 30)) strace -f -qq -e trace=nanosleep,clock_nanosleep -p $p -o $W/sleeps.$p & done
+    sleep 1
+    iops=$(fio_run $wl "$d" "$DUR")
+    pkill -INT -f "strace -f -qq -e trace=nanosleep" ; wait $(jobs -p | grep -v "^$ip$\|^$tp$") 2>/dev/null
+    for x in "$ip rbdi" "$tp rbdt"; do
+      set -- $x
+      echo "$2 sleeps ($wl, $iops IOPS): requested duration -> count per I/O"
+      python3 - $W/sleeps.$1 "$iops" "$DUR" <<'PY'
+import re, sys, collections
+f, iops, dur = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+n = max(1.0, iops * dur)
+c = collections.Counter()
+for l in open(f):
+    m = re.search(r'tv_sec=(\d+), tv_nsec=(\d+)', l)
+    if m:
+        us = int(m.group(1)) * 1000000 + int(m.group(2)) // 1000
+        c[us] += 1
+for us, k in sorted(c.items()):
+    if k / n >= 0.01:
+        print(f"  {us:>8} µs  {k / n:6.2f}")
+PY
+    done
+  fi
 done
 "$BIN/rbdctl" --socket $W/i.sock -r -d "$d" > /dev/null 2>&1 || true
