@@ -4,7 +4,9 @@
 # soft-RoCE (rxe0, 10.77.0.1) and once over soft-iWARP (siw0, 10.79.0.1).
 # Test binaries are built on the host and run in the guest unchanged.
 #   test/vm/e2e.sh [go test flags...]     e.g. -run TestName -v
-# Env: E2E_PKGS (packages), E2E_TRANSPORTS ("rxe siw"), E2E_TIMEOUT (go test -timeout per package, 30m)
+# Then a second guest boots systemd as PID 1 (test/systemd/boot.sh).
+# Env: E2E_PKGS (packages), E2E_TRANSPORTS ("rxe siw"), E2E_TIMEOUT (go test -timeout per package, 30m),
+#      E2E_SYSTEMD=0|1 (the systemd boot; by default only without flags and E2E_PKGS)
 set -u
 cd "$(dirname "$0")/../.."
 VM=test/vm/vm.sh
@@ -38,5 +40,13 @@ if [ $rc = 0 ]; then
   done
 fi
 $VM stop "$dir" || rc=${rc/#0/1}
+# a guest of its own with systemd as PID 1: the units, a persistent device and
+# its fstab mount at boot, systemctl stop/start (test/systemd/)
+# (by default only for the whole suite: not with go test flags or E2E_PKGS)
+sd=1; { [ $# -gt 0 ] || [ -n "${E2E_PKGS:-}" ]; } && sd=0
+if [ "${E2E_SYSTEMD:-$sd}" = 1 ]; then
+  echo "== systemd boot (test/systemd/boot.sh)"
+  test/systemd/boot.sh || rc=1
+fi
 echo "e2e: $([ $rc = 0 ] && echo PASS || echo FAIL) on ${E2E_TRANSPORTS:-rxe siw} in $(( $(date +%s) - T0 ))s"
 exit $rc

@@ -25,6 +25,56 @@ while [ -f /vmout/rw$i ]; do
   i=$((i+1))
 done
 $BB stty -F /dev/ttyS1 raw -echo 2>/dev/null
+# VM_INIT=systemd (vm.sh): the prep script /vmout/systemd names runs first
+# (what must be in place at boot: packages, configuration, fstab), then
+# systemd boots as PID 1 into multi-user.target and a unit of its own runs
+# the agent; the agent's end powers the guest off as below.
+if [ -e /vmout/systemd ]; then
+  prep=$($BB cat /vmout/systemd)
+  if [ -n "$prep" ] && ! VM_GUEST=1 /bin/bash "$prep" > /vmout/prep.log 2>&1; then
+    echo "@@VMRUN-FATAL prep script $prep failed; its output:" > /dev/ttyS0
+    $BB cat /vmout/prep.log > /dev/ttyS0
+    $BB poweroff -f
+  fi
+  # a boot cleans /tmp (tmpfiles.d "D /tmp"): give it a tmpfs of its own,
+  # not the host's /tmp in the overlay (slow to whiteout, file by file); and
+  # the host root's container marker would make systemd think it is docker
+  $BB mount -t tmpfs -o mode=1777 tmpfs /tmp
+  rm -f /.dockerenv /run/.containerenv
+  # what the shared host root enables but has no business in the guest (or
+  # would take the console)
+  for u in postgresql.service prometheus.service nvmf-autoconnect.service nvmefc-boot-connections.service \
+      getty@tty1.service serial-getty@ttyS0.service serial-getty@ttyS1.service console-getty.service \
+      apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service \
+      fstrim.timer man-db.timer systemd-timesyncd.service systemd-pstore.service uuidd.socket nbd-server.service; do
+    $BB ln -sf /dev/null /etc/systemd/system/$u
+  done
+  cat > /.vmrun/agent-unit.sh <<'UNIT'
+#!/bin/bash
+BB=/.vmrun/busybox
+echo "@@VMRUN-READY systemd uptime=$($BB cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
+/bin/bash /vmout/agent.sh < /dev/null > /dev/ttyS1 2>&1
+rc=$?
+$BB dmesg > /vmout/kernel.log 2>&1
+journalctl -b --no-pager > /vmout/journal.log 2>&1
+echo $rc > /vmout/rc
+$BB sync
+echo "@@VMRUN-EXIT rc=$rc uptime=$($BB cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
+systemctl poweroff --force --force
+UNIT
+  cat > /etc/systemd/system/vmrun-agent.service <<'UNIT'
+[Unit]
+Description=vm.sh job agent (test/vm/stage2.sh)
+After=multi-user.target
+[Service]
+Type=simple
+ExecStart=/bin/bash /.vmrun/agent-unit.sh
+StandardInput=null
+UNIT
+  $BB mkdir -p /etc/systemd/system/multi-user.target.wants
+  $BB ln -sf /etc/systemd/system/vmrun-agent.service /etc/systemd/system/multi-user.target.wants/vmrun-agent.service
+  exec /lib/systemd/systemd --unit=multi-user.target
+fi
 echo "@@VMRUN-READY uptime=$($BB cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 /bin/bash /vmout/agent.sh < /dev/null > /dev/ttyS1 2>&1
 rc=$?

@@ -16,6 +16,8 @@
 #      VM_RW="DIR..." host folders the guest may write (mounted at the same path)
 #      VM_CONSOLE=1 echo the kernel console to stderr   RBD_VM_SETUP=0 skip guest-setup.sh in `run`
 #      VM_BOOT_TIMEOUT (600 s: TCG boots slowly when other guests share the cores)
+#      VM_INIT=systemd boot systemd as PID 1 (multi-user.target), the agent as its unit;
+#        VM_PREP=SCRIPT runs in the guest before systemd starts (what must be there at boot)
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${RBD_VM_CACHE:-$HERE/cache}
@@ -60,6 +62,9 @@ AGENT
     i=$((i+1))
   done
   : > "$out/console.log"
+  if [ "${VM_INIT:-}" = systemd ]; then
+    printf '%s' "${VM_PREP:+$(realpath "$VM_PREP")}" > "$out/systemd" || die "VM_PREP: no file $VM_PREP"
+  fi
   ( exec setsid timeout -k 5 "$tmo" qemu-system-x86_64 -nodefaults -no-user-config -machine q35 "${acc[@]}" \
       -smp "$smp" -m "$mem" -bios /usr/share/qemu/qboot.rom \
       -kernel "$CACHE/vmlinuz" -initrd "$CACHE/initramfs.cpio.gz" \
