@@ -36,6 +36,10 @@ CONFDIR ?= /etc/rbd
 # the administrator") and /usr/lib/systemd/system, but from no other
 # PREFIX/lib: with any other PREFIX the units go to /etc/systemd/system.
 UNITDIR ?= $(if $(filter /usr /usr/local,$(PREFIX)),$(PREFIX)/lib/systemd/system,/etc/systemd/system)
+# udev reads rules from /usr/lib/udev/rules.d (packages) and /etc/udev/rules.d
+# (the administrator's), never from /usr/local: 60-rbd.rules (the /dev/rbdiN
+# names, for systemd) goes to /etc/udev/rules.d unless PREFIX is /usr.
+UDEVDIR ?= $(if $(filter /usr,$(PREFIX)),$(PREFIX)/lib/udev/rules.d,/etc/udev/rules.d)
 INSTALL ?= install
 
 .PHONY: all build deps unit fuzz e2e test demo bench vm clean help install uninstall deb
@@ -86,8 +90,9 @@ install: build ## install programs, systemd units, man pages, configs (PREFIX=/u
 	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man8 \
 		$(DESTDIR)$(DOCDIR)/examples $(DESTDIR)$(CONFDIR) \
 		$(DESTDIR)$(DATADIR)/prometheus $(DESTDIR)$(DATADIR)/grafana \
-		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR) $(DESTDIR)$(UDEVDIR)
 	$(INSTALL) -m 0755 $(addprefix bin/,$(BINS)) $(DESTDIR)$(SBINDIR)/
+	$(INSTALL) -m 0644 packaging/udev/60-rbd.rules $(DESTDIR)$(UDEVDIR)/
 	for u in rbdt rbdi; do \
 		sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@CONFDIR@|$(CONFDIR)|g' packaging/systemd/$$u.service \
 			>$(DESTDIR)$(UNITDIR)/$$u.service.tmp && \
@@ -116,7 +121,7 @@ install: build ## install programs, systemd units, man pages, configs (PREFIX=/u
 
 uninstall: ## remove what install installed (configurations only if unchanged)
 	rm -f $(addprefix $(DESTDIR)$(SBINDIR)/,$(BINS))
-	rm -f $(DESTDIR)$(UNITDIR)/rbdt.service $(DESTDIR)$(UNITDIR)/rbdi.service
+	rm -f $(DESTDIR)$(UNITDIR)/rbdt.service $(DESTDIR)$(UNITDIR)/rbdi.service $(DESTDIR)$(UDEVDIR)/60-rbd.rules
 	rm -f $(DESTDIR)$(MANDIR)/man8/rbdt.8 $(DESTDIR)$(MANDIR)/man8/rbdi.8 $(DESTDIR)$(MANDIR)/man8/rbdctl.8
 	@for c in rbdt rbdi; do \
 		if cmp -s $(DESTDIR)$(CONFDIR)/$$c.toml $(DESTDIR)$(DOCDIR)/examples/$$c.toml; then \

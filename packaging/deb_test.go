@@ -18,6 +18,7 @@ var debFiles = map[string]string{
 	"usr/sbin/rbdctl":                              "-rwxr-xr-x",
 	"usr/lib/systemd/system/rbdt.service":          "-rw-r--r--",
 	"usr/lib/systemd/system/rbdi.service":          "-rw-r--r--",
+	"usr/lib/udev/rules.d/60-rbd.rules":            "-rw-r--r--",
 	"etc/rbd/rbdt.toml":                            "-rw-r--r--",
 	"etc/rbd/rbdi.toml":                            "-rw-r--r--",
 	"usr/share/man/man8/rbdt.8.gz":                 "-rw-r--r--",

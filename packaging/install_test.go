@@ -25,7 +25,7 @@ func makeIn(t *testing.T, args ...string) string {
 	for _, e := range os.Environ() {
 		switch k, _, _ := strings.Cut(e, "="); k {
 		case "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "PREFIX", "DESTDIR",
-			"SBINDIR", "MANDIR", "DOCDIR", "CONFDIR", "UNITDIR":
+			"SBINDIR", "MANDIR", "DOCDIR", "CONFDIR", "UNITDIR", "UDEVDIR":
 		default:
 			cmd.Env = append(cmd.Env, e)
 		}
@@ -107,6 +107,12 @@ func checkTree(t *testing.T, dest, prefix, unitDir string) []string {
 		}
 	}
 	checkCompletions(t, dest, prefix)
+	// udev reads no rules under /usr/local
+	if got, err := os.ReadFile(filepath.Join(dest, "etc/udev/rules.d/60-rbd.rules")); err != nil {
+		t.Error(err)
+	} else if want, _ := os.ReadFile(filepath.Join(root, "packaging/udev/60-rbd.rules")); !bytes.Equal(got, want) {
+		t.Error("etc/udev/rules.d/60-rbd.rules is not the tree's packaging/udev/60-rbd.rules")
+	}
 	var units []string
 	placeholder := regexp.MustCompile(`@[A-Z]+@`)
 	for _, name := range []string{"rbdt", "rbdi"} {
@@ -358,6 +364,7 @@ func TestInstall(t *testing.T) {
 		for _, p := range []string{
 			"usr/local/sbin/rbdt", "usr/local/sbin/rbdi", "usr/local/sbin/rbdctl",
 			"usr/local/lib/systemd/system/rbdt.service", "usr/local/lib/systemd/system/rbdi.service",
+			"etc/udev/rules.d/60-rbd.rules",
 			"usr/local/share/man/man8/rbdt.8", "usr/local/share/man/man8/rbdi.8", "usr/local/share/man/man8/rbdctl.8",
 			"usr/local/share/doc/rbd", "usr/local/share/rbd", "etc/rbd/rbdi.toml",
 			"usr/local/" + completions[0].path, "usr/local/" + completions[1].path, "usr/local/" + completions[2].path,

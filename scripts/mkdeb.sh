@@ -40,7 +40,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root=$stage/root
 # the install tree; make's own variables must not leak in from a caller
-env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u PREFIX -u DESTDIR -u SBINDIR -u MANDIR -u DOCDIR -u CONFDIR -u UNITDIR -u DATADIR \
+env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL -u PREFIX -u DESTDIR -u SBINDIR -u MANDIR -u DOCDIR -u CONFDIR -u UNITDIR -u UDEVDIR -u DATADIR \
 	make --no-print-directory install DESTDIR="$root" PREFIX=/usr >"$stage/install.log" 2>&1 ||
 	{ cat "$stage/install.log" >&2; echo "mkdeb: make install failed" >&2; exit 1; }
 gzip -9n "$root"/usr/share/man/man8/*.8

@@ -360,6 +360,11 @@ func (m *Manager) add(ctx context.Context, req AddRequest, st *deviceState) (*De
 			m.teardown(d)
 			return nil, err
 		}
+		// udev claims the link (60-rbd.rules), so that systemd knows the
+		// name: a mount or unit naming /dev/rbdiN waits for it
+		if err := m.cfg.Sysfs.Announce(d.Index); err != nil {
+			d.log.Debug("no change event for udev", "err", err)
+		}
 	}
 	if err := m.saveState(d); err != nil {
 		d.log.Warn("device state not kept: a restarted rbdi will not adopt this device", "err", err)

@@ -142,6 +142,12 @@ func (s Sysfs) PID(index uint32) (int, error) {
 	return int(v), err
 }
 
+// Announce asks udev to look at the device again (a "change" uevent), for
+// example once the daemon has made a link to it that a udev rule claims.
+func (s Sysfs) Announce(index uint32) error {
+	return s.write(index, "change", "uevent")
+}
+
 // Backend returns the backend attribute: the identifier the device was
 // connected with (ConnectConfig.BackendIdentifier). The error wraps
 // os.ErrNotExist when the device is not connected (the kernel removes the

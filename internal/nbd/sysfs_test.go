@@ -132,6 +132,24 @@ func TestBackend(t *testing.T) {
 	}
 }
 
+// Announce writes "change" to the device's uevent file, and fails (creating
+// nothing) for a device that is not there.
+func TestAnnounce(t *testing.T) {
+	s := fakeSysfs(t, "3", map[string]string{"uevent": ""})
+	if err := s.Announce(3); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAttr(t, s, 3, "uevent"); got != "change" {
+		t.Fatalf("uevent = %q, want change", got)
+	}
+	if err := s.Announce(4); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Announce of a missing device: %v, want ErrNotExist", err)
+	}
+	if _, err := os.Stat(s.path(4, "uevent")); err == nil {
+		t.Fatal("Announce created a uevent file")
+	}
+}
+
 func TestWaitForDevice(t *testing.T) {
 	s := fakeSysfs(t, "1", map[string]string{"size": "0\n"})
 	go func() {
