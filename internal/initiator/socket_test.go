@@ -52,7 +52,7 @@ type rig struct {
 }
 
 // startTarget serves the rig's export on its network until stop.
-func (r *rig) startTarget(t *testing.T) {
+func (r *rig) startTarget(t testing.TB) {
 	t.Helper()
 	cfg := target.Config{Listen: []netip.AddrPort{targetAddr}, Exports: []target.ExportConfig{r.ec}, Transport: r.net, Log: quiet()}
 	if r.tcfg != nil {
@@ -72,7 +72,7 @@ func (r *rig) startTarget(t *testing.T) {
 	r.stop = func() { once.Do(func() { cancel(); <-done }) }
 }
 
-func newRig(t *testing.T, size int64, mut ...func(*target.ExportConfig)) *rig {
+func newRig(t testing.TB, size int64, mut ...func(*target.ExportConfig)) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	img := filepath.Join(dir, "disk.img")
@@ -99,7 +99,7 @@ func newRig(t *testing.T, size int64, mut ...func(*target.ExportConfig)) *rig {
 }
 
 // add maps the export on an NBD socket only.
-func (r *rig) add(t *testing.T, req initiator.AddRequest) (*initiator.Device, string) {
+func (r *rig) add(t testing.TB, req initiator.AddRequest) (*initiator.Device, string) {
 	t.Helper()
 	if req.NBDSocket == "" {
 		req.NBDSocket = filepath.Join(r.dir, "nbd.sock")
@@ -130,7 +130,7 @@ type nbdClient struct {
 	reads map[uint64]uint32 // handle -> length of READs in flight
 }
 
-func dialNBD(t *testing.T, sock, export string) *nbdClient {
+func dialNBD(t testing.TB, sock, export string) *nbdClient {
 	t.Helper()
 	c, err := net.Dial("unix", sock)
 	if err != nil {
@@ -183,7 +183,7 @@ func dialNBD(t *testing.T, sock, export string) *nbdClient {
 	}
 }
 
-func (nc *nbdClient) send(t *testing.T, typ uint16, handle, off uint64, length uint32, payload []byte) {
+func (nc *nbdClient) send(t testing.TB, typ uint16, handle, off uint64, length uint32, payload []byte) {
 	t.Helper()
 	if typ == nbd.CmdRead {
 		nc.mu.Lock()
@@ -198,7 +198,7 @@ func (nc *nbdClient) send(t *testing.T, typ uint16, handle, off uint64, length u
 }
 
 // reply reads one simple reply and, for a successful READ, its data.
-func (nc *nbdClient) reply(t *testing.T) (handle uint64, errno uint32, data []byte) {
+func (nc *nbdClient) reply(t testing.TB) (handle uint64, errno uint32, data []byte) {
 	t.Helper()
 	nc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	var h [nbd.ReplySize]byte
@@ -223,7 +223,7 @@ func (nc *nbdClient) reply(t *testing.T) (handle uint64, errno uint32, data []by
 }
 
 // do sends one request and waits for its reply.
-func (nc *nbdClient) do(t *testing.T, typ uint16, off uint64, length uint32, payload []byte) (uint32, []byte) {
+func (nc *nbdClient) do(t testing.TB, typ uint16, off uint64, length uint32, payload []byte) (uint32, []byte) {
 	t.Helper()
 	h := rand.Uint64()
 	nc.send(t, typ, h, off, length, payload)
