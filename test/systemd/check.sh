@@ -21,6 +21,11 @@ for u in rbdt rbdi; do
   w=$(prop $u WatchdogUSec)
   [ "$w" = 30s ] && ok "$u watchdog $w" || bad "$u WatchdogUSec=$w, want 30s"
 done
+# STATUS= lines: rbdi's devices, rbdt's sessions
+st=$(prop rbdi StatusText)
+[ "$st" = "2 devices: 2 connected" ] && ok "rbdi status: $st" || bad "rbdi StatusText '$st', want '2 devices: 2 connected'"
+st=$(prop rbdt StatusText)
+[ "$st" = "2 sessions on 2 exports" ] && ok "rbdt status: $st" || bad "rbdt StatusText '$st', want '2 sessions on 2 exports'"
 # the watchdog is pinged: its timestamp moves (rbdi pings every 15 s)
 w0=$(prop rbdi WatchdogTimestampMonotonic)
 sleep 17
