@@ -166,21 +166,6 @@ func (cq *CQ) WaitEvent(ctx context.Context) error {
 	return nil
 }
 
-// waitSigmask is the signal mask of WaitEventThread's ppoll: SIGURG blocked.
-var waitSigmask = func() (m unix.Sigset_t) {
-	m.Val[(unix.SIGURG-1)/64] |= 1 << ((uint(unix.SIGURG) - 1) % 64)
-	return m
-}()
-
-// ppollMasked waits on fds with no timeout and SIGURG blocked. (x/sys's
-// unix.Ppoll passes a sigset size of 0, which the kernel refuses with EINVAL
-// when a mask is given.)
-func ppollMasked(fds []unix.PollFd) syscall.Errno {
-	_, _, e := unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&fds[0])), uintptr(len(fds)), 0,
-		uintptr(unsafe.Pointer(&waitSigmask)), 8, 0) // the kernel's sigset_t: 64 bits
-	return e
-}
-
 // WaitEventThread is WaitEvent for a loop that would rather keep its thread
 // than park on the netpoller: it blocks the calling thread in poll(2) on the
 // channel (and on the wake-up eventfd), so that the completion wakes this
@@ -195,7 +180,7 @@ func (cq *CQ) WaitEventThread() error {
 		return ErrClosed
 	}
 	defer ch.lt.release()
-	fds := [2]unix.PollFd{{Fd: int32(ch.fd), Events: unix.POLLIN}, {Fd: int32(ch.wake), Events: unix.POLLIN}}
+	fds := []unix.PollFd{{Fd: int32(ch.fd), Events: unix.POLLIN}, {Fd: int32(ch.wake), Events: unix.POLLIN}}
 	for {
 		if ch.woke.Load() {
 			return ErrClosed
@@ -208,14 +193,8 @@ func (cq *CQ) WaitEventThread() error {
 		if e != syscall.EAGAIN && e != syscall.EWOULDBLOCK {
 			return newError("ibv_get_cq_event", e.(syscall.Errno))
 		}
-		// SIGURG (the scheduler's preemption signal, sent to a thread
-		// whose goroutine has not yielded for 10 ms: this one, while it
-		// waits) stays blocked during the wait: it would end it with EINTR,
-		// and each new wait would cost the runtime's monitor another
-		// retake of this thread's P, after which it polls at its fastest
-		// rate instead of backing off.
-		if e := ppollMasked(fds[:]); e != 0 && e != unix.EINTR {
-			return newError("ppoll", e)
+		if _, err := unix.Poll(fds, -1); err != nil && err != unix.EINTR {
+			return newError("poll", err.(syscall.Errno))
 		}
 	}
 }
