@@ -44,6 +44,15 @@ threads() {
     echo "${f##*/} $((${12} + ${13})) $(awk '/^voluntary_ctxt/ {v=$2} /^nonvoluntary_ctxt/ {n=$2} END {print v+0, n+0}' $f/status)"
   done
 }
+# traced NAME STRACE-ARGS...: one run of $wl with both daemons under strace
+# (output in $W/NAME.PID); sets iops
+traced() {
+  local name=$1 p; shift
+  for p in $ip $tp; do timeout $((DUR + 30)) strace -f -qq "$@" -p $p -o $W/$name.$p & done
+  sleep 1
+  iops=$(fio_run $wl "$d" "$DUR")
+  pkill -INT -f "strace -f -qq $*" ; wait $(jobs -p | grep -v "^$ip$\|^$tp$") 2>/dev/null
+}
 fio_run() { # WORKLOAD DEV SECONDS -> IOPS
   fio --name=prof --filename="$2" --ioengine=libaio --direct=1 $(fio_args $1) --runtime="$3" --time_based \
     --group_reporting --output-format=json > $W/fio.json 2> $W/fio.err
@@ -84,10 +93,7 @@ for tid, cpu, vol, inv in rows:
 PY
   done
   if command -v strace > /dev/null; then
-    for p in $ip $tp; do timeout $((DUR + 30)) strace -c -f -qq -p $p -o $W/strace.$p & done
-    sleep 1
-    iops=$(fio_run $wl "$d" "$DUR")
-    pkill -INT -f "strace -c -f -qq" ; wait $(jobs -p | grep -v "^$ip$\|^$tp$") 2>/dev/null
+    traced strace -c
     for x in "$ip rbdi" "$tp rbdt"; do
       set -- $x
       echo "$2 under strace ($wl, $iops IOPS): system calls per I/O"
@@ -97,10 +103,7 @@ PY
   if [ -n "${PROF_SLEEPS:-}" ] && command -v strace > /dev/null; then
     # the Go runtime's sleeps: sysmon backs off from 20 µs to 10 ms while
     # it finds nothing to do, and starts again at 20 µs after a wake-up
-    for p in $ip $tp; do timeout $((DUR + 30)) strace -f -qq -e trace=nanosleep,clock_nanosleep -p $p -o $W/sleeps.$p & done
-    sleep 1
-    iops=$(fio_run $wl "$d" "$DUR")
-    pkill -INT -f "strace -f -qq -e trace=nanosleep" ; wait $(jobs -p | grep -v "^$ip$\|^$tp$") 2>/dev/null
+    traced sleeps -e trace=nanosleep,clock_nanosleep
     for x in "$ip rbdi" "$tp rbdt"; do
       set -- $x
       echo "$2 sleeps ($wl, $iops IOPS): requested duration -> count per I/O"
