@@ -36,10 +36,13 @@ if [ -e /vmout/systemd ]; then
     $BB cat /vmout/prep.log > /dev/ttyS0
     $BB poweroff -f
   fi
-  # a boot cleans /tmp (tmpfiles.d "D /tmp"): give it a tmpfs of its own,
-  # not the host's /tmp in the overlay (slow to whiteout, file by file); and
-  # the host root's container marker would make systemd think it is docker
-  $BB mount -t tmpfs -o mode=1777 tmpfs /tmp
+  # a boot cleans /tmp (tmpfiles.d "D /tmp"): here that is the host's /tmp
+  # in the overlay, which may hold the very tree under test (CI clones into
+  # /tmp) and takes minutes to whiteout file by file: an empty tmp.conf in
+  # /etc/tmpfiles.d overrides it. And the host root's container marker
+  # would make systemd think it runs in docker.
+  $BB mkdir -p /etc/tmpfiles.d
+  : > /etc/tmpfiles.d/tmp.conf
   rm -f /.dockerenv /run/.containerenv
   # what the shared host root enables but has no business in the guest (or
   # would take the console)
