@@ -295,7 +295,7 @@ func TestTargetStopUnderIO(t *testing.T) {
 func TestIdleTimeout(t *testing.T) {
 	net := memt.New(memt.Options{})
 	img := image(t, imageSize)
-	serve(t, net, func(c *target.Config) { c.IdleTimeout = 150 * time.Millisecond }, target.ExportConfig{Path: img})
+	srv := serve(t, net, func(c *target.Config) { c.IdleTimeout = 150 * time.Millisecond }, target.ExportConfig{Path: img})
 	live := dial(t, net, img, 1, func(c *client.Config) {
 		c.Queue.KeepAlive, c.Queue.KeepAliveTimeout = 20*time.Millisecond, time.Second
 	})
@@ -307,6 +307,13 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("the live initiator was dropped (%d reconnects)", n)
 	}
 	live.Close()
+	// the target lets go of the claim once it has seen the DISCONNECT and
+	// the connection's end, a moment after Close returns
+	for deadline := time.Now().Add(5 * time.Second); len(srv.Sessions()) != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the closed session is still on the target after 5s: %+v", srv.Sessions())
+		}
+	}
 
 	dead := dial(t, net, img, 1, func(c *client.Config) { c.Queue.NoReconnect = true }) // heartbeats every 5 s
 	conn := net.Conns()[len(net.Conns())-1]
