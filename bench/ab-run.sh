@@ -15,5 +15,5 @@ git worktree add -q --detach "$tmp/a" "$REV"
 CGO_ENABLED=1 "$GO" build -trimpath -o "$B/" ./cmd/...
 stem=ab-$(date +%Y%m%d-%H%M%S)
 echo "ab: A = $REV ($(git rev-parse --short "$REV")), B = work tree; output in bench/results/$stem.log"
-VM_ENV="AB_REPS AB_DUR AB_ADDR AB_DEV AB_WORKLOADS AB_ARGS_A AB_ARGS_B AB_ENV_A AB_ENV_B" \
+VM_ENV="AB_REPS AB_DUR AB_ADDR AB_DEV AB_WORKLOADS AB_ARGS_A AB_ARGS_B AB_ENV_A AB_ENV_B AB_ARGS_C AB_ARGS_D AB_ENV_C AB_ENV_D" \
   test/vm/vm.sh run "$PWD/bench/ab.sh" "$A" "$B" /tmp/ab.jsonl 2>&1 | tee "bench/results/$stem.log"

@@ -14,7 +14,9 @@
 # Env: AB_REPS (3) AB_DUR (s per run, 8) AB_ADDR (10.77.0.1) AB_DEV (/dev/ram1)
 # AB_WORKLOADS ("rr1 rr32 rw32 sr1m") AB_ARGS_A / AB_ARGS_B (extra rbdi flags)
 # AB_ENV_A / AB_ENV_B (NAME=VALUE ... set for both daemons of A / B: one build
-# can then be compared with itself under two settings)
+# can then be compared with itself under two settings). AB_ENV_C / AB_ENV_D
+# (and AB_ARGS_C / AB_ARGS_D), when set, add configurations C and D: B's
+# build under those settings, in the same rotation.
 set -u
 A=${1:?usage: ab.sh A_BINDIR B_BINDIR [OUT.jsonl]}
 B=${2:?usage: ab.sh A_BINDIR B_BINDIR [OUT.jsonl]}
@@ -51,8 +53,7 @@ proc_counts() {
 }
 run_one() { # LABEL BINDIR
   local label=$1 bin=$2 extra envs
-  [ "$label" = A ] && extra=${AB_ARGS_A:-} || extra=${AB_ARGS_B:-}
-  [ "$label" = A ] && envs=${AB_ENV_A:-} || envs=${AB_ENV_B:-}
+  eval "extra=\${AB_ARGS_$label:-}; envs=\${AB_ENV_$label:-}"
   env $envs $bin/rbdt --listen $ADDR --export $DEV --control $W/t.sock > $W/rbdt.$label.log 2>&1 & local tp=$!
   for i in $(seq 100); do grep -q listening $W/rbdt.$label.log 2>/dev/null && break; sleep 0.1; done
   env $envs $bin/rbdi --control $W/i.sock $extra > $W/rbdi.$label.log 2>&1 & local ip=$!
@@ -87,10 +88,18 @@ PY
   kill $ip; wait $ip 2>/dev/null; kill $tp; wait $tp 2>/dev/null
   rm -f $W/i.sock $W/t.sock
 }
+labels="A B"
+[ -n "${AB_ENV_C:-}${AB_ARGS_C:-}" ] && labels="$labels C"
+[ -n "${AB_ENV_D:-}${AB_ARGS_D:-}" ] && labels="$labels D"
+set -- $labels
 for r in $(seq $REPS); do
-  if [ $((r % 2)) = 1 ]; then order="A B"; else order="B A"; fi
+  # every repetition starts one configuration later (A B C, B C A, ...)
+  k=$(( (r - 1) % $# )) order=""
+  for i in $(seq 0 $(($# - 1))); do
+    eval "order=\"\$order \${$(( (k + i) % $# + 1 ))}\""
+  done
   for x in $order; do
-    [ $x = A ] && run_one A "$A" || run_one B "$B"
+    [ $x = A ] && run_one A "$A" || run_one $x "$B"
   done
 done
 python3 - "$OUT" <<'PY'
@@ -101,7 +110,7 @@ keys = ["iops", "MBps", "lat_us", "rbdi_cpu_us", "rbdi_cs", "rbdt_cpu_us", "rbdt
 print("| workload | build | " + " | ".join(keys) + " |")
 print("|---|---|" + "---:|" * len(keys))
 for wl in dict.fromkeys(r["workload"] for r in rows):
-    for b in "AB":
+    for b in "ABCD":
         sel = [r for r in rows if r["workload"] == wl and r["build"] == b]
         if sel:
             print(f"| {wl} | {b} | " + " | ".join(str(round(statistics.median(r[k] for r in sel), 2)) for k in keys) + " |")

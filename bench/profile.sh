@@ -14,7 +14,11 @@
 #
 # WORKLOADs are bench/ab.sh's (rr1 by default). Env: PROF_DUR (s, 8),
 # PROF_ADDR, PROF_DEV, PROF_ENV (NAME=VALUE ... for both daemons), PROF_ARGS
-# (extra rbdi flags).
+# (extra rbdi flags), PROF_SLEEPS=1 (a histogram of the runtime's sleeps),
+# PROF_CPU=DIR (a third run under Go's CPU profiler, from each daemon's
+# /debug/pprof/profile on its control socket: DIR/WORKLOAD.rbdi.pprof and
+# .rbdt.pprof; DIR must be writable in the guest, vm.sh VM_RW; read them on
+# the host with `go tool pprof -top BINDIR/rbdi FILE`).
 set -u
 BIN=${1:?usage: profile.sh BINDIR [WORKLOAD...]}
 shift
@@ -122,6 +126,18 @@ for us, k in sorted(c.items()):
         print(f"  {us:>8} µs  {k / n:6.2f}")
 PY
     done
+  fi
+  if [ -n "${PROF_CPU:-}" ]; then
+    mkdir -p "$PROF_CPU"
+    pids=""
+    for x in "i rbdi" "t rbdt"; do
+      set -- $x
+      curl -s --unix-socket $W/$1.sock -o "$PROF_CPU/$wl.$2.pprof" "http://rbd/debug/pprof/profile?seconds=$DUR" & pids="$pids $!"
+    done
+    sleep 0.5
+    iops=$(fio_run $wl "$d" "$DUR")
+    wait $pids
+    echo "CPU profiles ($wl, $iops IOPS): $(ls "$PROF_CPU"/$wl.*.pprof | tr '\n' ' ')"
   fi
 done
 "$BIN/rbdctl" --socket $W/i.sock -r -d "$d" > /dev/null 2>&1 || true

@@ -109,3 +109,40 @@ func TestServicesBindErrors(t *testing.T) {
 		t.Fatalf("second daemon on the control socket: want an error, got %v", err)
 	}
 }
+
+// The control socket serves the daemon's handler and, beside it, Go's
+// profiles.
+func TestServicesProfiles(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "daemon "+r.URL.Path) })
+	stop, err := Services(ctx, ctl, h, "", stats.NewCollector(stats.RoleInitiator), log)
+	if err != nil {
+		t.Fatalf("Services: %v", err)
+	}
+	defer stop()
+	c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", ctl)
+	}}}
+	get := func(path string) string {
+		t.Helper()
+		resp, err := c.Get("http://rbd" + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s: %s", path, resp.Status, b)
+		}
+		return string(b)
+	}
+	if got := get("/v1/devices"); got != "daemon /v1/devices" {
+		t.Fatalf("the daemon's handler: got %q", got)
+	}
+	if got := get("/debug/pprof/goroutine?debug=1"); !strings.Contains(got, "goroutine profile:") {
+		t.Fatalf("goroutine profile: got %.200q", got)
+	}
+}
