@@ -166,6 +166,9 @@ func protect(noMlock bool, log *slog.Logger) error {
 }
 
 func run(cmd *cobra.Command, o *options) error {
+	// sysmon kept out of its deep sleep (GODEBUG, see internal/daemon):
+	// the process may execute itself again here, before anything starts
+	daemon.TuneRuntime()
 	var devices []initiator.AddRequest
 	targetKeys := map[string]string{}
 	metricsAddr, control, level := o.metricsAddr, o.control, o.logLevel

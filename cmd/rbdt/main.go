@@ -218,6 +218,9 @@ func buildConfig(cmd *cobra.Command, o *options) (target.Config, string, string,
 }
 
 func run(cmd *cobra.Command, o *options) error {
+	// sysmon kept out of its deep sleep (GODEBUG, see internal/daemon):
+	// the process may execute itself again here, before anything starts
+	daemon.TuneRuntime()
 	cfg, metricsAddr, control, level, err := buildConfig(cmd, o)
 	if err != nil {
 		return err

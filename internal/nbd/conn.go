@@ -16,10 +16,12 @@ import (
 // DefaultReadBufferSize is the default size of a Conn's read buffer.
 const DefaultReadBufferSize = 32 << 10
 
-// rawSockets: NewSocketPair serves the daemon's end with blocking system
-// calls in the reading and writing threads (rawConn) rather than on the
-// netpoller. RBD_NBD_SOCKET=netpoller turns it off (for comparisons).
-var rawSockets = os.Getenv("RBD_NBD_SOCKET") != "netpoller"
+// socketMode is how NewSocketPair serves the daemon's end (RBD_NBD_SOCKET,
+// for comparisons): "" (a rawConn that waits for requests on the netpoller
+// and reads payloads and writes replies with plain system calls),
+// "blocking" (a rawConn whose every wait blocks the thread) or "netpoller"
+// (a net.Conn).
+var socketMode = os.Getenv("RBD_NBD_SOCKET")
 
 // ErrClosed is returned by a Conn's methods after Close.
 var ErrClosed = errors.New("nbd: connection closed")
@@ -39,6 +41,8 @@ type ConnOptions struct {
 	// threads; RBD_NBD_SOCKET=netpoller in the environment makes it the
 	// default.
 	Netpoller bool
+
+	blocking bool // tests: a rawConn whose every wait blocks (RBD_NBD_SOCKET=blocking)
 }
 
 // A Conn serves the transmission phase of one NBD connection: the daemon's
@@ -141,8 +145,17 @@ func NewSocketPair(opts *ConnOptions) (kernel *os.File, conn *Conn, err error) {
 		return nil, nil, fmt.Errorf("nbd: socketpair: %w", err)
 	}
 	kernel = os.NewFile(uintptr(fds[0]), "nbd-kernel")
-	if rawSockets && (opts == nil || !opts.Netpoller) {
-		return kernel, NewConn(newRawConn(fds[1]), opts), nil
+	if socketMode != "netpoller" && (opts == nil || !opts.Netpoller) {
+		if socketMode == "blocking" || (opts != nil && opts.blocking) {
+			return kernel, NewConn(newRawConn(fds[1]), opts), nil
+		}
+		rc, err := newPolledConn(fds[1])
+		if err != nil {
+			kernel.Close()
+			unix.Close(fds[1])
+			return nil, nil, fmt.Errorf("nbd: socketpair: %w", err)
+		}
+		return kernel, NewConn(rc, opts), nil
 	}
 	daemon := os.NewFile(uintptr(fds[1]), "nbd-daemon")
 	conn, err = NewFileConn(daemon, opts)

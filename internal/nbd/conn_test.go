@@ -23,6 +23,7 @@ var connVariants = []struct {
 	{"default", nil},
 	{"tiny buffer", &ConnOptions{ReadBufferSize: RequestSize}},
 	{"netpoller", &ConnOptions{Netpoller: true}},
+	{"blocking", &ConnOptions{blocking: true}},
 }
 
 // fakeKernel is the kernel's end of a socketpair: it writes requests and
@@ -313,6 +314,51 @@ func TestConnDataOwnership(t *testing.T) {
 				}
 				if !bytes.Equal(data, pattern(r.Handle, size)) {
 					t.Fatalf("reply %d: data changed before it was written", r.Handle)
+				}
+			}
+		})
+	}
+}
+
+// TestConnPayloadInPieces: a WRITE's header and payload arrive in pieces,
+// with pauses between them (the reader must wait inside the payload, and
+// between requests, in every mode), and a reply for each gets out.
+func TestConnPayloadInPieces(t *testing.T) {
+	for _, v := range connVariants {
+		t.Run(v.name, func(t *testing.T) {
+			c, k := newTestConn(t, v.opts)
+			p := pattern(5, 64<<10)
+			go func() {
+				for h := uint64(1); h <= 3; h++ {
+					b := make([]byte, RequestSize+len(p))
+					Request{Type: CmdWrite, Handle: h, Length: uint32(len(p))}.Encode(b)
+					copy(b[RequestSize:], p)
+					for _, cut := range [][2]int{{0, 10}, {10, RequestSize + 1}, {RequestSize + 1, 4096}, {4096, len(b)}} {
+						time.Sleep(2 * time.Millisecond)
+						if _, err := k.f.Write(b[cut[0]:cut[1]]); err != nil {
+							return
+						}
+					}
+				}
+			}()
+			for h := uint64(1); h <= 3; h++ {
+				r, err := c.ReadRequest()
+				if err != nil || r.Handle != h || r.Length != uint32(len(p)) {
+					t.Fatalf("ReadRequest: want WRITE handle %d, got %v, %v", h, r, err)
+				}
+				got := make([]byte, len(p))
+				if err := c.ReadPayload(got); err != nil {
+					t.Fatalf("ReadPayload: %v", err)
+				}
+				if !bytes.Equal(got, p) {
+					t.Fatalf("payload %d differs", h)
+				}
+				if err := c.Reply(h, 0, nil, nil); err != nil {
+					t.Fatalf("Reply: %v", err)
+				}
+				rep, _, err := k.recv(func(uint64) int { return 0 })
+				if err != nil || rep.Handle != h || rep.Error != 0 {
+					t.Fatalf("reply: want handle %d, got %+v, %v", h, rep, err)
 				}
 			}
 		})

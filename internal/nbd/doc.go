@@ -17,11 +17,15 @@
 //     the caller's buffers (ReadPayload); any goroutine queues replies (Reply),
 //     which a writer goroutine sends in batches, one writev each, or Flush
 //     sends from the caller's goroutine. A socketpair's daemon end is read
-//     and written with blocking system calls in the calling thread (rawConn):
-//     a request wakes the thread that waits for it, with no hand-off through
-//     the netpoller, and a WRITE's payload arrives with one MSG_WAITALL read
-//     however many pieces the kernel sends it in. RBD_NBD_SOCKET=netpoller in
-//     the environment puts it on Go's netpoller instead, for comparisons.
+//     and written with plain system calls in the calling goroutine
+//     (rawConn): between requests the reader parks on Go's netpoller (a
+//     thread blocked in a system call would hold its P, and the runtime
+//     answers that with sysmon wake-ups and P hand-offs, several per
+//     request); a WRITE's payload arrives with MSG_WAITALL reads, and waits
+//     inside it (the rest of a payload, a full send buffer) block the
+//     thread briefly. RBD_NBD_SOCKET=blocking makes every wait block the
+//     thread, RBD_NBD_SOCKET=netpoller serves it as a net.Conn, for
+//     comparisons.
 //     Other connections (a net.Conn from a listener) use the netpoller.
 //   - HandshakeServer and ServeHandshake, the server side of the
 //     fixed-newstyle handshake: the greeting, then options until the client

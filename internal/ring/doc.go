@@ -7,12 +7,15 @@
 // poll in batches, flush what the batch produced in one post each, and sleep
 // on the completion channel only when the CQ is empty — armed for solicited
 // messages only where the peer marks its messages solicited, so that send
-// completions never wake a thread. The loop sleeps in its own thread (in
-// poll(2), verbs.CQ.WaitEventThread) where the endpoint offers it, else on
-// the netpoller: measured in one guest boot (bench/ab.sh), sleeping in the
-// thread halved the context switches per I/O at queue depth 1 and raised
-// IOPS at every depth. RBD_CQ_WAIT=netpoller in the environment turns it
-// off, for such comparisons.
+// completions never wake a thread. The loop sleeps on the netpoller
+// (verbs.CQ.WaitEvent): a thread blocked in poll(2) would hold its P, and
+// the Go runtime answers that with sysmon polling and P hand-offs, several
+// thread wake-ups per I/O; with the daemons' sysmon kept awake
+// (internal/daemon.TuneRuntime) the netpoller wait measured 1.3-1.6x the
+// IOPS at queue depth 1 with a third of the context switches, in one guest
+// boot (bench/results/ab-sysmon-20261202-034550.log). RBD_CQ_WAIT=thread in the
+// environment makes the loop sleep in its own thread
+// (verbs.CQ.WaitEventThread) instead, for comparisons.
 //
 // The ring owns no protocol: the initiator's queues (internal/client) and the
 // target's connections (internal/target) decode the messages and decide what

@@ -224,7 +224,9 @@ func (r *Ring) Leftovers(report func(wc *verbs.WC)) {
 // (verbs.CQ.WaitEventThread) instead of on the netpoller.
 type threadWaiter interface{ WaitEventThread() error }
 
-var threadWait = os.Getenv("RBD_CQ_WAIT") != "netpoller"
+// threadWait: the loop sleeps in its thread (RBD_CQ_WAIT=thread, for
+// comparisons) rather than on the netpoller.
+var threadWait = os.Getenv("RBD_CQ_WAIT") == "thread"
 
 func (r *Ring) wait() error {
 	if tw, ok := r.ep.(threadWaiter); ok && threadWait {
