@@ -36,10 +36,10 @@ type ConnOptions struct {
 	// caller's buffer. Larger buffers need fewer system calls for small
 	// requests and copy more of large payloads.
 	ReadBufferSize int
-	// Netpoller serves a socketpair's daemon end (NewSocketPair) on Go's
-	// netpoller instead of with blocking system calls in the calling
-	// threads; RBD_NBD_SOCKET=netpoller in the environment makes it the
-	// default.
+	// Netpoller serves a socketpair's daemon end (NewSocketPair) as a
+	// net.Conn on Go's netpoller instead of a rawConn (reads and writes
+	// with plain system calls, waits for requests on the netpoller);
+	// RBD_NBD_SOCKET=netpoller in the environment makes it the default.
 	Netpoller bool
 
 	blocking bool // tests: a rawConn whose every wait blocks (RBD_NBD_SOCKET=blocking)
@@ -136,9 +136,9 @@ func NewFileConn(f *os.File, opts *ConnOptions) (*Conn, error) {
 // NewSocketPair creates an AF_UNIX stream socketpair for one kernel NBD
 // connection. It returns the kernel's end, to be passed to Client.Connect or
 // Client.Reconfigure and closed afterwards (the kernel holds its own
-// reference), and a Conn serving the daemon's end with blocking system calls
-// in the reading and writing threads (see the package doc; with
-// RBD_NBD_SOCKET=netpoller, on Go's netpoller).
+// reference), and a Conn serving the daemon's end with plain system calls,
+// waiting for requests on the netpoller (rawConn; see the package doc for
+// RBD_NBD_SOCKET).
 func NewSocketPair(opts *ConnOptions) (kernel *os.File, conn *Conn, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -149,10 +149,9 @@ func NewSocketPair(opts *ConnOptions) (kernel *os.File, conn *Conn, err error) {
 		if socketMode == "blocking" || (opts != nil && opts.blocking) {
 			return kernel, NewConn(newRawConn(fds[1]), opts), nil
 		}
-		rc, err := newPolledConn(fds[1])
+		rc, err := newPolledConn(fds[1]) // owns fds[1], also on error
 		if err != nil {
 			kernel.Close()
-			unix.Close(fds[1])
 			return nil, nil, fmt.Errorf("nbd: socketpair: %w", err)
 		}
 		return kernel, NewConn(rc, opts), nil

@@ -47,9 +47,10 @@ type rawConn struct {
 func newRawConn(fd int) *rawConn { return &rawConn{fd: fd} }
 
 // newPolledConn returns a rawConn whose Read waits on the netpoller. It owns
-// fd, which it makes non-blocking.
+// fd, which it makes non-blocking, and closes it on error.
 func newPolledConn(fd int) (*rawConn, error) {
 	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
 		return nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
 	}
 	f := os.NewFile(uintptr(fd), "nbd-daemon")
