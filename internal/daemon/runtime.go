@@ -53,13 +53,20 @@ func sysmonEnv(env []string) ([]string, bool) {
 
 // TuneRuntime makes the daemon run with awakeSysmon: the runtime reads
 // GODEBUG only at start, so the process executes itself again (same pid,
-// arguments and open files) with it in the environment. Call it first, before
-// any goroutine, socket or device is made. It returns when there is nothing
-// to do, or when the exec fails (the daemon then runs as it is).
+// arguments and open files) with it in the environment. The path executed is
+// the binary's own (os.Executable), not /proc/self/exe, whose name would
+// become the process's (comm "exe" in ps, the journal, rdma resource
+// lists). Call it first, before any goroutine, socket or device is made. It
+// returns when there is nothing to do, or when the exec fails (the daemon
+// then runs as it is).
 func TuneRuntime() {
 	env, changed := sysmonEnv(os.Environ())
 	if !changed {
 		return
 	}
-	syscall.Exec("/proc/self/exe", os.Args, env)
+	exe, err := os.Executable()
+	if err != nil {
+		return
+	}
+	syscall.Exec(exe, os.Args, env)
 }

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -684,7 +685,7 @@ func waitFDs(t testing.TB, n int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("open files: %d, want %d (a leak)", got, n)
+			t.Fatalf("open files: %d, want %d (a leak); gone since the count was taken: %v; new: %v", got, n, fdDiff(fdSeen, fdTargets()), fdDiff(fdTargets(), fdSeen))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -721,7 +722,34 @@ func stableFDs(t testing.TB) int {
 			n, since = m, time.Now()
 		}
 	}
+	fdSeen = fdTargets()
 	return n
+}
+
+// fdSeen: the open files when stableFDs counted them, for waitFDs to name
+// what differs.
+var fdSeen []string
+
+// fdTargets lists the process's open files as "fd:target".
+func fdTargets() []string {
+	ents, _ := os.ReadDir("/proc/self/fd")
+	var out []string
+	for _, e := range ents {
+		l, _ := os.Readlink("/proc/self/fd/" + e.Name())
+		out = append(out, e.Name()+":"+l)
+	}
+	return out
+}
+
+// fdDiff returns what a has and b lacks.
+func fdDiff(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 // ---- the tests
