@@ -262,7 +262,7 @@ func run(cmd *cobra.Command, o *options) error {
 		}
 		log.Warn("no device state kept: a restarted rbdi will not adopt the devices", "err", err)
 	}
-	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll), metricsAddr, coll, log)
+	stopServices, err := daemon.Services(ctx, control, controlHandler(m, coll, log), metricsAddr, coll, log)
 	if err != nil {
 		return err
 	}
@@ -320,7 +320,7 @@ func apiError(w http.ResponseWriter, err error) {
 	daemon.WriteError(w, http.StatusInternalServerError, err, "")
 }
 
-func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
+func controlHandler(m *initiator.Manager, coll *stats.Collector, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		daemon.WriteJSON(w, http.StatusOK, map[string]any{"role": "initiator", "devices": len(m.List())})
@@ -356,6 +356,9 @@ func controlHandler(m *initiator.Manager, coll *stats.Collector) http.Handler {
 			return
 		}
 		if err != nil {
+			// the journal says why too, not only the rbdctl that asked (a
+			// target that answers the handshake wrongly, one that refuses)
+			log.Warn("device not added", "target", req.Target, "port", req.Port, "export", req.Export, "err", err)
 			apiError(w, err)
 			return
 		}
